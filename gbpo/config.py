@@ -1,0 +1,107 @@
+"""`GBPOConfig`: TRL's `GRPOConfig` with GBPO's loss as the default and its keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .loss import TARGET_BASELINES, _check_epsilons, _check_temperature
+
+__all__ = ["GBPOConfig"]
+
+
+@dataclass
+class GBPOConfig(GRPOConfig):
+    r"""Configuration of [`GBPOTrainer`]: every [`trl.GRPOConfig`] key, plus GBPO's.
+
+    Only the policy loss changes (GBPO.md; "Bounded Ratio Reinforcement Learning", arXiv 2604.18578): with
+    `loss_type="gbpo"` (the default) GRPO's clipped token loss becomes the advantage-weighted total variation
+    `|A| * |rho - r*|` to the target ratio `r* = 1 - epsilon + (epsilon + epsilon_high) * sigmoid(T / tau)`, `T` the
+    median-centred target advantage and `tau = gbpo_temperature`. Every TRL loss type (`"grpo"`, `"dapo"`, `"bnpo"`,
+    `"dr_grpo"`, ...) stays selectable on the same trainer, so GBPO and GRPO runs share one code path.
+
+    TRL's names are kept: `epsilon` is the lower bound `eps_low` (target ratio `1 - epsilon` below the threshold) and
+    `epsilon_high` the upper bound; `num_iterations` is the number of PPO epochs over each generation batch.
+
+    Parameters:
+        loss_type (`str`, defaults to `"gbpo"`):
+            `"gbpo"`, or any TRL loss type. GBPO aggregates as the reference implementation: the token-mean over the
+            whole mini-batch (sum of token losses over every process and accumulation step / number of tokens).
+        epsilon (`float`, defaults to `0.3`):
+            `eps_low`, in (0, 1]; 1 is the cross-entropy-method limit (GBPO.md 3).
+        epsilon_high (`float`, *optional*):
+            `eps_high` > 0; `None` (default) takes the value of `epsilon`, as in TRL, so both sides are 0.3 as in the
+            reference.
+        gbpo_temperature (`float`, defaults to `1e-4`):
+            tau of the sigmoid step of the target ratio (Theorem 4.1), in z-score units; the reference value is 1e-4.
+        target_baseline (`str`, defaults to `"median"`):
+            The threshold that separates pushed-up from pushed-down completions: `"median"` (reference), `"quantile"`
+            (the quantile that normalises asymmetric bounds, Cor. 4.7), `"soft_quantile"` (exact normalisation at
+            finite tau, Theorem 4.1) or `"mean"` (ablation).
+        tv_coef (`float`, defaults to `0.0`):
+            Weight of the unweighted total-variation regulariser `tv_coef * |rho - r*|` (eq. 16); 0 in the reference.
+
+    Raises:
+        ValueError: at construction, for a GBPO key out of range or a TRL option the GBPO loss cannot honour
+            (`importance_sampling_level="sequence"`, `multi_objective_aggregation="normalize_then_sum"`, `delta`,
+            `use_adaptive_entropy`), naming the key and what to set instead.
+    """
+
+    loss_type: str = field(
+        default="gbpo",
+        metadata={"help": "'gbpo' (default), or any TRL GRPO loss type ('grpo', 'dapo', 'bnpo', 'dr_grpo', ...)."},
+    )
+    epsilon: float = field(
+        default=0.3,
+        metadata={"help": "Lower bound eps_low of the target ratio (1 - epsilon), in (0, 1]. GBPO reference: 0.3."},
+    )
+    epsilon_high: float | None = field(
+        default=None,
+        metadata={
+            "help": "Upper bound eps_high of the target ratio (1 + epsilon_high); None (default) takes `epsilon`, "
+            "as in TRL, so both sides are 0.3 as in the GBPO reference."
+        },
+    )
+    gbpo_temperature: float = field(
+        default=1e-4,
+        metadata={"help": "Temperature tau of the target ratio's sigmoid step (Theorem 4.1). Reference: 1e-4."},
+    )
+    target_baseline: str = field(
+        default="median",
+        metadata={
+            "help": "Threshold of the target ratio: 'median' (reference), 'quantile' (asymmetric bounds), "
+            "'soft_quantile' (exact normalisation at finite temperature) or 'mean' (ablation)."
+        },
+    )
+    tv_coef: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the unweighted total-variation regulariser tv_coef * |rho - r*| (eq. 16)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss_type != "gbpo":
+            return
+        epsilon_high = self.epsilon if self.epsilon_high is None else self.epsilon_high
+        _check_epsilons(self.epsilon, epsilon_high)
+        _check_temperature(self.gbpo_temperature)
+        if self.target_baseline not in TARGET_BASELINES:
+            raise ValueError(f"target_baseline must be one of {TARGET_BASELINES}, got {self.target_baseline!r}.")
+        if not self.tv_coef >= 0.0:
+            raise ValueError(f"tv_coef must be >= 0, got {self.tv_coef}.")
+        unsupported = {
+            "importance_sampling_level": (self.importance_sampling_level != "token", "'token'"),
+            "multi_objective_aggregation": (
+                self.multi_objective_aggregation != "sum_then_normalize",
+                "'sum_then_normalize'",
+            ),
+            "delta": (self.delta is not None, "None (GBPO's target ratio is already bounded)"),
+            "use_adaptive_entropy": (self.use_adaptive_entropy, "False (a fixed entropy_coef works)"),
+        }
+        for key, (bad, allowed) in unsupported.items():
+            if bad:
+                raise ValueError(
+                    f"{key}={getattr(self, key)!r} is not supported with loss_type='gbpo': set it to {allowed}, "
+                    "or pick a TRL loss_type."
+                )

@@ -1,0 +1,191 @@
+"""`GBPOTrainer`: TRL's `GRPOTrainer` with GBPO's policy loss.
+
+The shape follows TRL's own `trl/experimental/gmpo/gmpo_trainer.py`: generation, rewards, reference model, vLLM,
+PEFT, DeepSpeed, logging and checkpoints are inherited unchanged. Two hooks change:
+
+* `_generate_and_score_completions` adds the per-completion target ratios ``r*`` (and GBPO's advantages, equal to
+  TRL's) computed from the rewards gathered over every process, so groups split across ranks see their whole group;
+* `_compute_loss` computes GBPO's loss when ``loss_type == "gbpo"`` and defers to TRL for every other loss type.
+"""
+
+from __future__ import annotations
+
+import torch
+from trl import GRPOTrainer
+from trl.trainer.utils import get_config_model_id, nanmax, nanmin
+
+from .config import GBPOConfig
+from .loss import gbpo_advantages, gbpo_per_token_loss, importance_ratio, target_ratio
+
+__all__ = ["GBPOTrainer"]
+
+
+class GBPOTrainer(GRPOTrainer):
+    """Trainer for Group-relative Bounded Policy Optimization (GBPO).
+
+    GBPO ("Bounded Ratio Reinforcement Learning", arXiv 2604.18578, 4.5 and 5.3) is BPO with GRPO's group-relative
+    advantages: each completion's ratio ``rho`` is pulled towards the bounded-ratio optimum ``r*`` (``1 + eps_high``
+    above the group's median reward, ``1 - eps_low`` below it) by the loss ``|A| * |rho - r*|``, token-mean over the
+    mini-batch. A drop-in replacement for `trl.GRPOTrainer`: same arguments, same reward functions, same logging; with
+    a TRL ``loss_type`` in `GBPOConfig` it trains exactly as `GRPOTrainer` does.
+
+    Extra metrics (``loss_type="gbpo"``): ``gbpo/target_ratio/mean``, ``gbpo/ratio/mean|min|max`` over completion
+    tokens, ``clip_ratio/low_mean|high_mean|region_mean`` (fraction of tokens with ``rho`` below ``1 - eps_low``, above
+    ``1 + eps_high``, or either) and ``policy_loss``.
+
+    Args:
+        model, reward_funcs, args, **kwargs: as `trl.GRPOTrainer`; ``args`` defaults to a `GBPOConfig`.
+    """
+
+    _tag_names = ["trl", "gbpo"]
+    _name = "GBPO"
+
+    def __init__(self, model, reward_funcs, args: GBPOConfig | None = None, **kwargs):
+        if args is None:
+            model_name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = GBPOConfig(f"{model_name.split('/')[-1]}-GBPO")
+        super().__init__(model, reward_funcs, args=args, **kwargs)
+        self._gathered_rewards_per_func = None
+
+    # ------------------------------------------------------------------ advantages and target ratios
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # TRL returns the rewards gathered over all processes; keep them for the target advantages.
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._gathered_rewards_per_func = rewards_per_func
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self.loss_type != "gbpo":
+            return output
+        rewards_per_func, self._gathered_rewards_per_func = self._gathered_rewards_per_func, None
+        mode = "train" if self.model.training else "eval"
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        # The same aggregation as TRL's "sum_then_normalize" (GBPOConfig rejects the other one for GBPO).
+        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+        rewards = (rewards_per_func * weights).nansum(dim=1)
+        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        advantages, target_advantages = gbpo_advantages(
+            rewards,
+            num_generations,
+            scale_rewards=self.scale_rewards,
+            target_baseline=self.args.target_baseline,
+            epsilon_low=self.epsilon_low,
+            epsilon_high=self.epsilon_high,
+            temperature=self.args.gbpo_temperature,
+        )
+        local = output["advantages"].shape[0]
+        process_slice = slice(self.accelerator.process_index * local, (self.accelerator.process_index + 1) * local)
+        output["advantages"] = advantages[process_slice]
+        output["target_ratios"] = target_ratio(
+            target_advantages[process_slice], self.epsilon_low, self.epsilon_high, self.args.gbpo_temperature
+        )
+        return output
+
+    # ------------------------------------------------------------------ loss
+
+    def _compute_loss(self, model, inputs):
+        if self.loss_type != "gbpo":
+            return super()._compute_loss(model, inputs)
+
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        logits_to_keep = completion_ids.size(1)
+        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+
+        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            logits_to_keep,
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw"),
+            num_images=inputs.get("num_images"),
+            pixel_attention_mask=inputs.get("pixel_attention_mask"),
+            spatial_shapes=inputs.get("spatial_shapes"),
+            num_tiles=inputs.get("num_tiles"),
+            image_sizes=inputs.get("image_sizes"),
+            token_type_ids=inputs.get("token_type_ids"),
+            mm_token_type_ids=inputs.get("mm_token_type_ids"),
+            image_position_ids=inputs.get("image_position_ids"),
+        )
+        # As TRL: the entropy mask gates the policy term and the entropy bonus, not the KL term or the metrics.
+        policy_mask = mask
+        if self.top_entropy_quantile < 1.0:
+            policy_mask = mask * self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
+
+        advantages = inputs["advantages"]
+        target_ratios = inputs["target_ratios"]
+        # TRL leaves old_per_token_logps out when they equal the current ones (one iteration, no buffered steps).
+        old_per_token_logps = inputs.get("old_per_token_logps")
+        old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps
+
+        per_token_loss = gbpo_per_token_loss(
+            per_token_logps, old_per_token_logps, advantages, target_ratios, tv_coef=self.args.tv_coef
+        )
+        if self.off_policy_mask_threshold is not None:
+            per_token_loss = per_token_loss * self.get_off_policy_mask(
+                advantages=advantages.unsqueeze(1),
+                per_token_logps=per_token_logps,
+                sampling_per_token_logps=inputs.get("sampling_per_token_logps", old_per_token_logps),
+                mask=mask,
+                off_policy_threshold=self.off_policy_mask_threshold,
+            )
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+
+        mode = "train" if self.model.training else "eval"
+        # Token-mean over the whole mini-batch (reference): `num_items_in_batch` counts the tokens of the generation
+        # batch on all processes; rescale it to one optimizer step, as TRL's "dapo" does.
+        normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        if mode == "train":
+            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        policy_loss = (per_token_loss * policy_mask).sum() / normalizer
+        loss = policy_loss
+
+        ratio = importance_ratio(per_token_logps.detach(), old_per_token_logps)
+        if self.beta != 0.0:
+            ref_per_token_logps = inputs["ref_per_token_logps"]
+            per_token_kl = (
+                torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
+            )
+            if self.args.use_bias_correction_kl:
+                per_token_kl = per_token_kl * torch.exp(per_token_logps - old_per_token_logps)
+            loss = loss + self.beta * (per_token_kl * mask).sum() / normalizer
+
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        if self._entropy_bonus_enabled:  # a fixed coefficient: GBPOConfig rejects the adaptive one
+            entropy = (entropies * policy_mask).sum() / policy_mask.sum().clamp(min=1.0)
+            loss = loss - self.entropy_coef * entropy / accumulation
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+
+        self._log_gbpo_metrics(mode, mask, ratio, target_ratios, entropies, policy_loss * accumulation)
+        if self.beta != 0.0:
+            self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
+        return loss
+
+    def _global_masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
+        totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
+        return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+    def _log_gbpo_metrics(self, mode, mask, ratio, target_ratios, entropies, policy_loss):
+        metrics = self._metrics[mode]
+        metrics["entropy"].append(self._global_masked_mean(entropies, mask))
+        metrics["policy_loss"].append(self.accelerator.gather(policy_loss.detach()).mean().item())
+        metrics["gbpo/target_ratio/mean"].append(self.accelerator.gather(target_ratios).mean().item())
+        metrics["gbpo/ratio/mean"].append(self._global_masked_mean(ratio, mask))
+        masked_ratio = ratio.masked_fill(~mask.bool(), float("nan"))
+        metrics["gbpo/ratio/min"].append(nanmin(self.accelerator.gather(nanmin(masked_ratio))).item())
+        metrics["gbpo/ratio/max"].append(nanmax(self.accelerator.gather(nanmax(masked_ratio))).item())
+        low = (ratio < 1 - self.epsilon_low).float()
+        high = (ratio > 1 + self.epsilon_high).float()
+        metrics["clip_ratio/low_mean"].append(self._global_masked_mean(low, mask))
+        metrics["clip_ratio/high_mean"].append(self._global_masked_mean(high, mask))
+        metrics["clip_ratio/region_mean"].append(self._global_masked_mean(torch.maximum(low, high), mask))
