@@ -1,0 +1,61 @@
+"""Two processes (torchrun, gloo on CPU): a vote group split across ranks votes whole, and GBPO's target ratios come
+from the rewards gathered over both ranks."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from gbpo.loss import gbpo_advantages, target_ratio
+from gbpo.rewards import MajorityVoteReward
+
+SCRIPT = Path(__file__).parent / "scripts" / "distributed_run.py"
+
+
+def test_two_process_votes_equal_single_process_votes(tiny_model_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        str(SCRIPT),
+        str(tmp_path),
+        str(tiny_model_dir),
+    ]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["num_processes"] == ranks[1]["num_processes"] == 2
+
+    calls = list(zip(ranks[0]["reward_calls"], ranks[1]["reward_calls"], strict=True))
+    assert len(calls) >= 1
+    nontrivial = 0
+    for r0, r1 in calls:
+        assert len(r0["completions"]) == len(r1["completions"]) == 6
+        prompts = r0["prompts"] + r1["prompts"]
+        completions = r0["completions"] + r1["completions"]
+        # the second group of 4 (completions 4..7) spans both ranks
+        assert prompts[4:6] == r0["prompts"][4:6] and prompts[6:8] == r1["prompts"][:2]
+        assert len({json.dumps(p) for p in prompts[4:8]}) == 1
+        single = MajorityVoteReward(num_generations=4, fallback_last_number=True)(
+            prompts=prompts, completions=completions
+        )
+        assert r0["rewards"] + r1["rewards"] == single
+        nontrivial += sum(single) > 0
+    assert nontrivial > 0, "the random model never produced an answer: the test would not see a vote"
+
+    # GBPO's advantages and target ratios: computed from the rewards gathered over both ranks, then sliced.
+    for (r0, r1), b0, b1 in zip(calls, ranks[0]["batches"], ranks[1]["batches"], strict=True):
+        rewards = torch.tensor(r0["rewards"] + r1["rewards"])
+        advantages, target_advantages = gbpo_advantages(rewards, 4)
+        torch.testing.assert_close(torch.tensor(b0["advantages"] + b1["advantages"]), advantages)
+        torch.testing.assert_close(
+            torch.tensor(b0["target_ratios"] + b1["target_ratios"]), target_ratio(target_advantages)
+        )
