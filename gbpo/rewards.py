@@ -53,8 +53,6 @@ class AccuracyReward:
 
     def __init__(self, fallback_last_number: bool = False):
         self.fallback_last_number = fallback_last_number
-        if fallback_last_number:
-            self.__name__ = "accuracy_last_number"
 
     def __call__(self, completions: list, answer: Sequence[Any] | None = None, **kwargs) -> list[float]:
         if answer is None:
