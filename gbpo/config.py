@@ -10,6 +10,9 @@ from .loss import TARGET_BASELINES, _check_epsilons, _check_temperature
 
 __all__ = ["GBPOConfig"]
 
+# Losses whose normaliser is the number of loss tokens, so completions masked out of the loss do not count in it.
+TOKEN_NORMALISED_LOSSES = ("gbpo", "dapo", "bnpo", "cispo")
+
 
 @dataclass
 class GBPOConfig(GRPOConfig):
@@ -41,6 +44,12 @@ class GBPOConfig(GRPOConfig):
             finite tau, Theorem 4.1) or `"mean"` (ablation).
         tv_coef (`float`, defaults to `0.0`):
             Weight of the unweighted total-variation regulariser `tv_coef * |rho - r*|` (eq. 16); 0 in the reference.
+        num_train_generations (`int`, *optional*):
+            Vote-N/train-M (TTRL's 64 votes, 32 trained; TRL has no such option): all `num_generations` completions of
+            a prompt are generated and scored (the majority vote sees them all), and only the first
+            `num_train_generations` of each group enter the loss, with advantages computed among themselves. The others
+            are masked out of the loss (their forward pass still runs). `None`: all are trained on. Needs a loss
+            normalised by its token count (`"gbpo"`, `"dapo"`, `"bnpo"`, `"cispo"`).
 
     Raises:
         ValueError: at construction, for a GBPO key out of range or a TRL option the GBPO loss cannot honour
@@ -79,8 +88,28 @@ class GBPOConfig(GRPOConfig):
         metadata={"help": "Weight of the unweighted total-variation regulariser tv_coef * |rho - r*| (eq. 16)."},
     )
 
+    num_train_generations: int | None = field(
+        default=None,
+        metadata={
+            "help": "Vote-N/train-M (TTRL: 64 votes, 32 trained): of the num_generations completions of a prompt, all "
+            "vote and only the first num_train_generations are trained on. None (default): all of them."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
+        if self.num_train_generations is not None:
+            if not 2 <= self.num_train_generations <= self.num_generations:
+                raise ValueError(
+                    f"num_train_generations must be between 2 and num_generations={self.num_generations}, got "
+                    f"{self.num_train_generations}."
+                )
+            if self.loss_type not in TOKEN_NORMALISED_LOSSES:
+                raise ValueError(
+                    f"num_train_generations needs a loss normalised by its token count, one of "
+                    f"{TOKEN_NORMALISED_LOSSES}, so that the completions left out do not dilute it; got "
+                    f"loss_type={self.loss_type!r}."
+                )
         if self.loss_type != "gbpo":
             return
         epsilon_high = self.epsilon if self.epsilon_high is None else self.epsilon_high

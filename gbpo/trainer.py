@@ -57,18 +57,27 @@ class GBPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        if self.loss_type != "gbpo":
-            return output
         rewards_per_func, self._gathered_rewards_per_func = self._gathered_rewards_per_func, None
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        num_trained = (self.args.num_train_generations or num_generations) if mode == "train" else num_generations
+        if self.loss_type != "gbpo" and num_trained == num_generations:
+            return output  # a TRL loss on every completion: TRL's advantages as they are
+
         # The same aggregation as TRL's "sum_then_normalize" (GBPOConfig rejects the other one for GBPO).
         weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
         rewards = (rewards_per_func * weights).nansum(dim=1)
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
-        advantages, target_advantages = gbpo_advantages(
-            rewards,
-            num_generations,
+        # Vote-N / train-M: every completion voted (the rewards above); the first M of each group are trained on, and
+        # their advantages are computed among themselves, as TTRL's reference does. The choice depends only on the
+        # global position, so every process keeps the same completions.
+        trained = torch.zeros(rewards.numel() // num_generations, num_generations, dtype=torch.bool)
+        trained[:, :num_trained] = True
+        trained = trained.view(-1).to(rewards.device)
+        advantages, target_advantages = torch.zeros_like(rewards), torch.zeros_like(rewards)
+        advantages[trained], target_advantages[trained] = gbpo_advantages(
+            rewards[trained],
+            num_trained,
             scale_rewards=self.scale_rewards,
             target_baseline=self.args.target_baseline,
             epsilon_low=self.epsilon_low,
@@ -78,9 +87,15 @@ class GBPOTrainer(GRPOTrainer):
         local = output["advantages"].shape[0]
         process_slice = slice(self.accelerator.process_index * local, (self.accelerator.process_index + 1) * local)
         output["advantages"] = advantages[process_slice]
-        output["target_ratios"] = target_ratio(
-            target_advantages[process_slice], self.epsilon_low, self.epsilon_high, self.args.gbpo_temperature
-        )
+        if self.loss_type == "gbpo":
+            output["target_ratios"] = target_ratio(
+                target_advantages[process_slice], self.epsilon_low, self.epsilon_high, self.args.gbpo_temperature
+            )
+        if num_trained < num_generations:
+            # Completions that only voted leave the loss and its token count.
+            output["completion_mask"] = output["completion_mask"] * trained[process_slice].unsqueeze(1)
+            loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
+            output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
         return output
 
     # ------------------------------------------------------------------ loss

@@ -1,5 +1,5 @@
-"""Two processes (torchrun, gloo on CPU): a vote group split across ranks votes whole, and GBPO's target ratios come
-from the rewards gathered over both ranks."""
+"""Two processes (torchrun, gloo on CPU): a vote group split across ranks votes whole, GBPO's target ratios come
+from the rewards gathered over both ranks, and vote-N/train-M keeps the same completions on every rank."""
 
 import json
 import os
@@ -51,11 +51,14 @@ def test_two_process_votes_equal_single_process_votes(tiny_model_dir, tmp_path):
         nontrivial += sum(single) > 0
     assert nontrivial > 0, "the random model never produced an answer: the test would not see a vote"
 
-    # GBPO's advantages and target ratios: computed from the rewards gathered over both ranks, then sliced.
+    # GBPO's advantages and target ratios: computed from the rewards gathered over both ranks, then sliced; with
+    # vote-4/train-3 the last completion of each group voted but is masked out of the loss, on whichever rank it is.
+    trained = torch.tensor([True, True, True, False] * 3)
     for (r0, r1), b0, b1 in zip(calls, ranks[0]["batches"], ranks[1]["batches"], strict=True):
+        assert b0["trained"] + b1["trained"] == trained.tolist()
         rewards = torch.tensor(r0["rewards"] + r1["rewards"])
-        advantages, target_advantages = gbpo_advantages(rewards, 4)
-        torch.testing.assert_close(torch.tensor(b0["advantages"] + b1["advantages"]), advantages)
+        advantages, target_advantages = gbpo_advantages(rewards[trained], 3)
+        torch.testing.assert_close(torch.tensor(b0["advantages"] + b1["advantages"])[trained], advantages)
         torch.testing.assert_close(
-            torch.tensor(b0["target_ratios"] + b1["target_ratios"]), target_ratio(target_advantages)
+            torch.tensor(b0["target_ratios"] + b1["target_ratios"])[trained], target_ratio(target_advantages)
         )

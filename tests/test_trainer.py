@@ -202,3 +202,21 @@ def test_config_defaults_are_the_reference():
     assert args.loss_type == "gbpo"
     assert (args.epsilon, args.epsilon_high, args.gbpo_temperature) == (0.3, None, 1e-4)  # epsilon_high <- epsilon
     assert (args.target_baseline, args.tv_coef) == ("median", 0.0)
+
+
+@pytest.mark.parametrize("loss_type", ["gbpo", "dapo"])
+def test_vote_n_train_m_masks_the_completions_that_only_vote(tiny_model_dir, tmp_path, loss_type):
+    trainer = make_trainer(
+        GBPOTrainer, GBPOConfig, tiny_model_dir, tmp_path, num_train_generations=3, loss_type=loss_type
+    )
+    batch = [{"prompt": [{"role": "user", "content": "Count to 3"}]}] * 4
+    output = trainer._generate_and_score_completions(batch)
+    completions = trainer.processing_class.batch_decode(output["completion_ids"], skip_special_tokens=True)
+    rewards = torch.tensor(digit_reward([[{"content": c}] for c in completions]))
+    advantages, target_advantages = gbpo_advantages(rewards[:3], 3)
+    torch.testing.assert_close(output["advantages"][:3], advantages, rtol=1e-5, atol=1e-6)
+    assert output["advantages"][3] == 0
+    assert output["completion_mask"][3].sum() == 0 and torch.all(output["completion_mask"][:3].sum(1) > 0)
+    assert output["num_items_in_batch"] == output["completion_mask"].sum()
+    if loss_type == "gbpo":
+        torch.testing.assert_close(output["target_ratios"][:3], target_ratio(target_advantages), rtol=1e-5, atol=1e-6)

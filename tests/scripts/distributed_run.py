@@ -1,4 +1,5 @@
-"""Run under `torchrun --nproc_per_node 2`: GBPO + TTRL training whose vote groups span both ranks.
+"""Run under `torchrun --nproc_per_node 2`: GBPO + TTRL training whose vote groups span both ranks, with 4 votes and
+3 trained completions per prompt.
 
 Each rank writes what it saw to OUT/rank{r}.json: the local slices of prompts, completions and majority-vote rewards
 of every reward call, and the advantages and target ratios of every generation batch. tests/test_distributed.py
@@ -31,7 +32,11 @@ class RecordingTrainer(GBPOTrainer):
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         record["batches"].append(
-            {"advantages": output["advantages"].tolist(), "target_ratios": output["target_ratios"].tolist()}
+            {
+                "advantages": output["advantages"].tolist(),
+                "target_ratios": output["target_ratios"].tolist(),
+                "trained": (output["completion_mask"].sum(1) > 0).tolist(),
+            }
         )
         return output
 
@@ -42,6 +47,7 @@ args = GBPOConfig(
     steps_per_generation=2,
     gradient_accumulation_steps=2,
     num_generations=4,
+    num_train_generations=3,  # vote-N/train-M: all 4 vote, the first 3 of each group are trained on
     max_completion_length=16,
     max_steps=2,
     learning_rate=1e-2,
