@@ -44,6 +44,10 @@ class GBPOConfig(GRPOConfig):
             finite tau, Theorem 4.1) or `"mean"` (ablation).
         tv_coef (`float`, defaults to `0.0`):
             Weight of the unweighted total-variation regulariser `tv_coef * |rho - r*|` (eq. 16); 0 in the reference.
+        eval_num_samples, eval_temperature, eval_top_p, eval_max_new_tokens, eval_fallback_last_number:
+            Sampling of the benchmark evaluation that runs every `eval_steps` when the trainer is given
+            `eval_benchmarks` (TTRL validates with 16 samples at temperature 0.6, top_p 0.95); it logs
+            `eval/<benchmark>/pass@1` (the mean over the samples) and `eval/<benchmark>/maj@k`.
         num_train_generations (`int`, *optional*):
             Vote-N/train-M (TTRL's 64 votes, 32 trained; TRL has no such option): all `num_generations` completions of
             a prompt are generated and scored (the majority vote sees them all), and only the first
@@ -94,6 +98,26 @@ class GBPOConfig(GRPOConfig):
             "help": "Vote-N/train-M (TTRL: 64 votes, 32 trained): of the num_generations completions of a prompt, all "
             "vote and only the first num_train_generations are trained on. None (default): all of them."
         },
+    )
+
+    eval_num_samples: int = field(
+        default=4,
+        metadata={"help": "Benchmark evaluation during training: samples per problem (pass@1 = avg@k, maj@k)."},
+    )
+    eval_temperature: float = field(
+        default=0.6, metadata={"help": "Benchmark evaluation during training: sampling temperature (TTRL: 0.6)."}
+    )
+    eval_top_p: float = field(
+        default=0.95, metadata={"help": "Benchmark evaluation during training: nucleus top_p (TTRL: 0.95)."}
+    )
+    eval_max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Benchmark evaluation during training: new tokens per sample; None: max_completion_length."},
+    )
+
+    eval_fallback_last_number: bool = field(
+        default=False,
+        metadata={"help": "Benchmark evaluation during training: an unboxed sample answers with its last number."},
     )
 
     def __post_init__(self):

@@ -5,6 +5,9 @@ Also ``accelerate launch [accelerate options] -m gbpo.train RECIPE.yaml``. A rec
 and TRL's ``ModelConfig`` (model, dtype, LoRA); parsing is TRL's own ``TrlParser``, so an unknown key is an error that
 names it, and ``--key value`` on the command line overrides the recipe. The run trains, saves the model (or adapter)
 to ``output_dir`` and writes the metrics it logged to ``output_dir/metrics.jsonl``.
+
+On SIGTERM (preemption) it saves a checkpoint at the end of the current step and exits with status 143;
+``--resume_from_checkpoint true`` continues from the newest complete checkpoint in ``output_dir``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class GBPOScriptArguments:
         system_prompt: an optional system message before each problem.
         instruction: the line after each problem (default: the standard step-by-step ``\\boxed{}`` instruction).
         reward_funcs: ``majority_vote`` (TTRL: no labels) and/or ``accuracy`` (against the gold ``answer``).
+        eval_benchmarks: benchmarks evaluated every ``eval_steps`` during training (needs ``eval_strategy: steps``).
+        eval_limit: evaluate only the first N problems of each.
         answer_fallback_last_number: a completion with no ``\\boxed{}`` answers with its last number.
     """
 
@@ -54,6 +59,14 @@ class GBPOScriptArguments:
         default_factory=lambda: ["majority_vote"],
         metadata={"help": f"Reward functions, any of {REWARDS}: majority_vote is TTRL (no labels)."},
     )
+    eval_benchmarks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Benchmarks (names or files) evaluated every eval_steps (set eval_strategy: steps): logs "
+            "eval/<name>/pass@1 and maj@k. Same prompt template as training."
+        },
+    )
+    eval_limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N problems of each."})
     answer_fallback_last_number: bool = field(
         default=False,
         metadata={"help": "Use a completion's last number as its answer when it has no \\boxed{}."},
@@ -97,6 +110,7 @@ def main(argv: list[str] | None = None):
     """Parse a recipe and overrides, train, save the model and the logged metrics; returns the trainer."""
     from transformers import AutoTokenizer
 
+    from .checkpoints import PreemptionCallback, resolve_resume
     from .data import load_benchmark
     from .models import resolve_model
     from .trainer import GBPOTrainer
@@ -123,6 +137,21 @@ def main(argv: list[str] | None = None):
         system_prompt=script_args.system_prompt,
         instruction=script_args.instruction,
     )
+    eval_benchmarks = None
+    if script_args.eval_benchmarks:
+        if training_args.eval_strategy == "no":
+            raise ValueError(
+                "eval_benchmarks is set but eval_strategy is 'no': set eval_strategy: steps and eval_steps: N."
+            )
+        eval_benchmarks = {
+            Path(name).stem: load_benchmark(
+                name,
+                limit=script_args.eval_limit,
+                system_prompt=script_args.system_prompt,
+                instruction=script_args.instruction,
+            )
+            for name in script_args.eval_benchmarks
+        }
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=training_args.trust_remote_code)
     trainer = GBPOTrainer(
         model=model_path,
@@ -131,17 +160,31 @@ def main(argv: list[str] | None = None):
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        eval_benchmarks=eval_benchmarks,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
+    preemption = PreemptionCallback()
+    trainer.add_callback(preemption)
+    with trainer.accelerator.main_process_first():  # the main process moves cut-off checkpoints aside first
+        resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.preempted = preemption.preempted
+    if not trainer.preempted:
+        trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         metrics_path = Path(training_args.output_dir) / "metrics.jsonl"
         with metrics_path.open("w") as f:
             for entry in trainer.state.log_history:
                 f.write(json.dumps(entry) + "\n")
-        trainer.accelerator.print(f"Model saved to {training_args.output_dir}; metrics in {metrics_path}.")
+        if trainer.preempted:
+            trainer.accelerator.print(
+                f"Preempted at step {trainer.state.global_step}: checkpoint saved in {training_args.output_dir}; "
+                "continue with --resume_from_checkpoint true."
+            )
+        else:
+            trainer.accelerator.print(f"Model saved to {training_args.output_dir}; metrics in {metrics_path}.")
     return trainer
 
 
 if __name__ == "__main__":
-    main()
+    if main().preempted:
+        sys.exit(143)  # 128 + SIGTERM: the run did not finish, its checkpoint is saved

@@ -38,6 +38,7 @@ def tiny_recipe(tmp_path, model_dir, **overrides):
         "output_dir": str(tmp_path / "out"),
     }
     recipe.update(overrides)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -100,3 +101,63 @@ def test_train_command_trains_saves_and_writes_metrics(tmp_path, tiny_model_dir)
     assert len(steps) == 3
     for key in ("ttrl/majority_ratio", "ttrl/label_accuracy", "ttrl/reward_accuracy", "rewards/accuracy/mean"):
         assert all(0.0 <= m[key] <= 1.0 for m in steps), key
+
+
+def test_lora_recipe_trains_and_saves_an_adapter_that_loads(tmp_path, tiny_model_dir):
+    from peft import AutoPeftModelForCausalLM
+
+    path = tiny_recipe(
+        tmp_path,
+        tiny_model_dir,
+        use_peft=True,
+        lora_r=4,
+        lora_alpha=8,
+        lora_target_modules=["q_proj", "v_proj"],
+        learning_rate=0.05,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "gbpo.train", str(path)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = tmp_path / "out"
+    assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
+    adapter = load_file(out / "adapter_model.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # lora_B starts at zero: training moved it
+    model = AutoPeftModelForCausalLM.from_pretrained(out)  # the adapter loads with its base, for evaluation
+    assert model.peft_config["default"].r == 4
+
+
+def test_benchmark_evaluation_during_training(tmp_path, tiny_model_dir):
+    from gbpo.train import main
+
+    path = tiny_recipe(
+        tmp_path,
+        tiny_model_dir,
+        eval_benchmarks=["arithmetic"],
+        eval_limit=3,
+        eval_strategy="steps",
+        eval_steps=1,
+        eval_num_samples=2,
+        eval_max_new_tokens=6,
+        eval_fallback_last_number=True,
+    )
+    trainer = main([str(path)])
+    history = trainer.state.log_history
+    evals = [e for e in history if "eval/arithmetic/pass@1" in e]
+    assert [e["step"] for e in evals] == [1, 2]
+    for e in evals:
+        assert 0.0 <= e["eval/arithmetic/pass@1"] <= e["eval/arithmetic/pass@2"] <= 1.0
+        assert 0.0 <= e["eval/arithmetic/maj@2"] <= 1.0
+    # the training metrics of every step are still logged on their own (evaluation did not flush them)
+    train_steps = [e["step"] for e in history if "gbpo/ratio/mean" in e]
+    assert train_steps == [1, 2]
+    assert trainer.model.training
+
+
+def test_eval_benchmarks_need_an_eval_strategy(tmp_path, tiny_model_dir):
+    from gbpo.train import main
+
+    path = tiny_recipe(tmp_path, tiny_model_dir, eval_benchmarks=["arithmetic"])
+    with pytest.raises(ValueError, match="eval_strategy"):
+        main([str(path)])
