@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# GPU check (never in CI): a few GBPO steps, then the same GRPO steps, on one GPU with groups of 32, on the
+# Qwen2.5-Math-1.5B architecture with random weights (completions run to the length limit: a fixed, worst-case load).
+# Prints generated tokens/s, seconds per step, peak GPU memory and the GBPO/GRPO step-time ratio.
+#
+# On a machine with PyTorch (CUDA), transformers, accelerate and peft but no TRL/datasets/math-verify and no network,
+# carry their wheels in .whl/ (see benchmarks/README.md) and run:  bash launch/gpu_smoke.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -d .whl ] && ! python3 -c "import trl" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+python3 benchmarks/gbpo_vs_grpo.py --steps "${STEPS:-4}" --num-generations 32 \
+  --max-completion-length "${MAX_COMPLETION_LENGTH:-1024}" --output "${OUT:-/tmp}/gbpo_vs_grpo.json"
