@@ -1,11 +1,13 @@
 """`GBPOTrainer`: TRL's `GRPOTrainer` with GBPO's policy loss.
 
 The shape follows TRL's own `trl/experimental/gmpo/gmpo_trainer.py`: generation, rewards, reference model, vLLM,
-PEFT, DeepSpeed, logging and checkpoints are inherited unchanged. Two hooks change:
+PEFT, DeepSpeed, logging and checkpoints are inherited unchanged. The hooks that change:
 
-* `_generate_and_score_completions` adds the per-completion target ratios ``r*`` (and GBPO's advantages, equal to
-  TRL's) computed from the rewards gathered over every process, so groups split across ranks see their whole group;
-* `_compute_loss` computes GBPO's loss when ``loss_type == "gbpo"`` and defers to TRL for every other loss type.
+* `_calculate_rewards` keeps TRL's rewards, gathered over every process, and `_generate_and_score_completions` turns
+  them into the per-completion target ratios ``r*`` (and GBPO's advantages, equal to TRL's), so groups split across
+  ranks see their whole group; it also applies vote-N/train-M (``num_train_generations``);
+* `_compute_loss` computes GBPO's loss when ``loss_type == "gbpo"`` and defers to TRL for every other loss type;
+* `evaluate` adds the benchmark evaluation (pass@1, maj@k) of ``eval_benchmarks`` to TRL's.
 """
 
 from __future__ import annotations
