@@ -15,24 +15,20 @@ from gbpo.rewards import MajorityVoteReward
 SCRIPT = Path(__file__).parent / "scripts" / "distributed_run.py"
 
 
-def test_two_process_votes_equal_single_process_votes(tiny_model_dir, tmp_path):
+def run_two_ranks(launcher: list[str], out: Path, model_dir: Path) -> None:
+    """Run tests/scripts/distributed_run.py on 2 CPU processes with ``launcher`` (torchrun or accelerate)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29533",
-        str(SCRIPT),
-        str(tmp_path),
-        str(tiny_model_dir),
-    ]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [*launcher, str(SCRIPT), str(out), str(model_dir)], env=env, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def check_two_rank_records(tmp_path: Path, zero_stage: int | None = None) -> None:
+    """The votes, advantages and target ratios each rank recorded equal a single-process computation."""
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["num_processes"] == ranks[1]["num_processes"] == 2
+    assert ranks[0]["zero_stage"] == ranks[1]["zero_stage"] == zero_stage
 
     calls = list(zip(ranks[0]["reward_calls"], ranks[1]["reward_calls"], strict=True))
     assert len(calls) >= 1
@@ -62,3 +58,9 @@ def test_two_process_votes_equal_single_process_votes(tiny_model_dir, tmp_path):
         torch.testing.assert_close(
             torch.tensor(b0["target_ratios"] + b1["target_ratios"])[trained], target_ratio(target_advantages)
         )
+
+
+def test_two_process_votes_equal_single_process_votes(tiny_model_dir, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    run_two_ranks(torchrun, tmp_path, tiny_model_dir)
+    check_two_rank_records(tmp_path)

@@ -67,6 +67,9 @@ trainer = RecordingTrainer(
     processing_class=AutoTokenizer.from_pretrained(model_dir),
 )
 trainer.train()
+trainer.save_model(str(out_dir / "model"))  # under ZeRO-3 this gathers the shards (zero3_save_16bit_model)
 state = PartialState()
 record["num_processes"] = state.num_processes
+plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
+record["zero_stage"] = plugin.zero_stage if plugin is not None else None
 (out_dir / f"rank{state.process_index}.json").write_text(json.dumps(record))
