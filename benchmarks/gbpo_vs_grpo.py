@@ -6,6 +6,7 @@ workload. Transformers generation on one device (GPU when present), groups of --
 
     python benchmarks/gbpo_vs_grpo.py                         # GPU: Qwen2.5-Math-1.5B shape, groups of 32
     python benchmarks/gbpo_vs_grpo.py --tiny --steps 2        # CPU check of the script itself
+    python benchmarks/gbpo_vs_grpo.py --model smollm2-135m --num-generations 8 --max-completion-length 64  # CPU
 
 launch/gpu_smoke.sh runs it on a GPU machine. Results go in benchmarks/README.md.
 """
@@ -20,13 +21,14 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, Qwen2Config
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 from trl import GRPOConfig, GRPOTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from tiny import make_tokenizer  # noqa: E402  (a character-level tokenizer with a chat template, built in code)
 
 from gbpo import GBPOConfig, GBPOTrainer  # noqa: E402
+from gbpo.models import resolve_model  # noqa: E402
 
 # Qwen2.5-Math-1.5B's config.json, written out (the weights are random).
 QWEN25_MATH_15B = dict(
@@ -53,18 +55,23 @@ TINY = dict(
 )
 
 
-def length_reward(completions, **kwargs):
+def digit_share_reward(completions, **kwargs):
     """A reward that varies within each group (share of digits), so every group has non-zero advantages."""
     return [sum(ch.isdigit() for ch in c[0]["content"]) / max(len(c[0]["content"]), 1) for c in completions]
 
 
 def run(kind: str, args) -> dict:
-    tokenizer = make_tokenizer()
-    shape = TINY if args.tiny else QWEN25_MATH_15B
-    config = Qwen2Config(**shape, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if args.model:  # a real model (e.g. the CPU default smollm2-135m)
+        path = resolve_model(args.model)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    else:
+        tokenizer = make_tokenizer()
+        shape = TINY if args.tiny else QWEN25_MATH_15B
+        config = Qwen2Config(**shape, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     config_cls, trainer_cls = (GBPOConfig, GBPOTrainer) if kind == "gbpo" else (GRPOConfig, GRPOTrainer)
     extra = {"loss_type": "gbpo"} if kind == "gbpo" else {"loss_type": "dapo", "epsilon": 0.3}
     training_args = config_cls(
@@ -87,7 +94,7 @@ def run(kind: str, args) -> dict:
     prompts = [{"prompt": [{"role": "user", "content": f"Problem {i}: what is {i} + {i}?"}]} for i in range(64)]
     trainer = trainer_cls(
         model=model,
-        reward_funcs=length_reward,
+        reward_funcs=digit_share_reward,
         args=training_args,
         train_dataset=Dataset.from_list(prompts),
         processing_class=tokenizer,
@@ -113,6 +120,7 @@ def run(kind: str, args) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a 2-layer model: checks the script on CPU")
+    parser.add_argument("--model", default=None, help="a real model instead (path, hub id or smollm2-135m)")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--num-generations", type=int, default=32)
     parser.add_argument("--max-completion-length", type=int, default=1024)
