@@ -5,12 +5,16 @@ need it.
 """
 
 import importlib.util
+import json
+import os
+import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from test_distributed import check_two_rank_records, run_two_ranks
+from test_train import tiny_recipe
 from transformers import AutoModelForCausalLM
 
 pytestmark = pytest.mark.skipif(
@@ -19,8 +23,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_zero_stage_trains_saves_and_votes_like_one_process(tiny_model_dir, tmp_path, stage):
+def accelerate_launch(stage: int) -> list[str]:
     # No --cpu with --use_deepspeed: accelerate would then run one process. CUDA is hidden by run_two_ranks.
     launcher = [
         sys.executable,
@@ -35,17 +38,36 @@ def test_zero_stage_trains_saves_and_votes_like_one_process(tiny_model_dir, tmp_
         str(29540 + stage),
         "--mixed_precision",
         "no",
-        "--gradient_accumulation_steps",
-        "2",
     ]
     if stage == 3:
         launcher += ["--zero3_save_16bit_model", "true", "--zero3_init_flag", "false"]
-    run_two_ranks(launcher, tmp_path, tiny_model_dir)
+    return launcher
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_stage_votes_and_target_ratios_equal_one_process(tiny_model_dir, tmp_path, stage):
+    run_two_ranks([*accelerate_launch(stage), "--gradient_accumulation_steps", "2"], tmp_path, tiny_model_dir)
     check_two_rank_records(tmp_path, zero_stage=stage)
 
-    trained = load_file(tmp_path / "model" / "model.safetensors")
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_gbpo_train_under_zero_saves_a_trained_model_that_loads(tiny_model_dir, tmp_path, stage):
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, per_device_train_batch_size=4, max_steps=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [*accelerate_launch(stage), "-m", "gbpo.train", str(recipe)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = tmp_path / "out"
+    trained = load_file(out / "model.safetensors")
     initial = load_file(tiny_model_dir / "model.safetensors")
     assert set(initial) <= set(trained)
     assert all(trained[k].shape == initial[k].shape for k in initial)  # full weights, not ZeRO-3 shards
     assert any(not torch.equal(trained[k], initial[k]) for k in initial)
-    AutoModelForCausalLM.from_pretrained(tmp_path / "model")  # the saved model loads
+    AutoModelForCausalLM.from_pretrained(out)  # the saved model loads
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum("gbpo/ratio/mean" in m for m in steps) == 2

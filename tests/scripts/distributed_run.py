@@ -67,7 +67,6 @@ trainer = RecordingTrainer(
     processing_class=AutoTokenizer.from_pretrained(model_dir),
 )
 trainer.train()
-trainer.save_model(str(out_dir / "model"))  # under ZeRO-3 this gathers the shards (zero3_save_16bit_model)
 state = PartialState()
 record["num_processes"] = state.num_processes
 plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
