@@ -112,6 +112,30 @@ def test_gbpo_loss_in_trainer_is_token_mean_of_the_pure_function(tiny_model_dir,
     assert metrics["gbpo/target_ratio/mean"][-1] == pytest.approx(batch["target_ratios"].mean().item(), abs=1e-6)
 
 
+def test_gbpo_loss_with_kl_and_vllm_importance_sampling(tiny_model_dir, tmp_path):
+    # beta > 0 adds beta * k3-KL (bias-corrected by rho, as TRL) to every token; the vLLM importance-sampling ratio
+    # multiplies the policy term only. Both enter the same token-mean.
+    trainer = make_trainer(GBPOTrainer, GBPOConfig, tiny_model_dir, tmp_path, beta=0.1)
+    trainer.use_vllm = trainer.vllm_importance_sampling_correction = True  # as if vLLM had sampled the batch
+    batch = fake_batch(trainer, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    batch["ref_per_token_logps"] = batch["old_per_token_logps"] + 0.2 * torch.randn(4, 6, generator=gen)
+    batch["importance_sampling_ratio"] = 0.5 + torch.rand(4, 6, generator=gen)
+    loss = trainer._compute_loss(trainer.model, batch)
+
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    logits = trainer.model(input_ids=input_ids, attention_mask=attention).logits[:, -7:-1]
+    logps = torch.log_softmax(logits.float(), -1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    policy = gbpo_per_token_loss(logps, batch["old_per_token_logps"], batch["advantages"], batch["target_ratios"])
+    delta = batch["ref_per_token_logps"] - logps
+    kl = (torch.exp(delta) - delta - 1) * torch.exp(logps - batch["old_per_token_logps"])
+    mask = batch["completion_mask"]
+    expected = ((policy * batch["importance_sampling_ratio"] + 0.1 * kl) * mask).sum() / mask.sum()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert trainer._metrics["train"]["kl"][-1] == pytest.approx(((kl * mask).sum() / mask.sum()).item(), rel=1e-4)
+
+
 def test_gbpo_gradient_accumulation_splits_the_token_mean(tiny_model_dir, tmp_path):
     # Two micro-batches of one accumulation window add up to the token-mean over the whole mini-batch.
     trainer = make_trainer(GBPOTrainer, GBPOConfig, tiny_model_dir, tmp_path, gradient_accumulation_steps=2)
