@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_distributed import check_two_rank_records, run_two_ranks
+from test_distributed import check_two_rank_records, free_port, run_two_ranks
 from test_train import tiny_recipe
 from transformers import AutoModelForCausalLM
 
@@ -35,7 +35,7 @@ def accelerate_launch(stage: int) -> list[str]:
         "--num_processes",
         "2",
         "--main_process_port",
-        str(29540 + stage),
+        str(free_port()),
         "--mixed_precision",
         "no",
     ]

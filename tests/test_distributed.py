@@ -3,6 +3,7 @@ from the rewards gathered over both ranks, and vote-N/train-M keeps the same com
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,13 @@ from gbpo.loss import gbpo_advantages, target_ratio
 from gbpo.rewards import MajorityVoteReward
 
 SCRIPT = Path(__file__).parent / "scripts" / "distributed_run.py"
+
+
+def free_port() -> int:
+    """A TCP port free now, for a launcher's rendezvous (a fixed one may still be held by an earlier test)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_two_ranks(launcher: list[str], out: Path, model_dir: Path) -> None:
@@ -61,6 +69,14 @@ def check_two_rank_records(tmp_path: Path, zero_stage: int | None = None) -> Non
 
 
 def test_two_process_votes_equal_single_process_votes(tiny_model_dir, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+    ]
     run_two_ranks(torchrun, tmp_path, tiny_model_dir)
     check_two_rank_records(tmp_path)
