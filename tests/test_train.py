@@ -9,11 +9,22 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from gbpo.train import _argv_with_config, build_reward_funcs, make_parser
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 CPU = ["--bf16", "false", "--use_cpu", "true"]  # the GPU recipes ask for bf16, which this machine rejects
+
+
+def assert_trained_model_saved(out: Path, initial_dir: Path) -> None:
+    """``out`` holds full weights (not ZeRO-3 shards) that differ from those in ``initial_dir``, and loads."""
+    trained = load_file(out / "model.safetensors")
+    initial = load_file(Path(initial_dir) / "model.safetensors")
+    assert set(initial) <= set(trained)
+    assert all(trained[k].shape == initial[k].shape for k in initial)
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial)
+    AutoModelForCausalLM.from_pretrained(out)
 
 
 def tiny_recipe(tmp_path, model_dir, **overrides):
@@ -93,9 +104,7 @@ def test_train_command_trains_saves_and_writes_metrics(tmp_path, tiny_model_dir)
     )
     assert result.returncode == 0, result.stderr[-4000:]
     out = tmp_path / "out"
-    trained = load_file(out / "model.safetensors")
-    initial = load_file(Path(tiny_model_dir) / "model.safetensors")
-    assert any(not torch.equal(trained[k], initial[k]) for k in initial)
+    assert_trained_model_saved(out, tiny_model_dir)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "gbpo/ratio/mean" in m]
     assert len(steps) == 3

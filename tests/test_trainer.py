@@ -77,6 +77,15 @@ def fake_batch(trainer, seed=0, batch=4, prompt_len=5, completion_len=6):
     }
 
 
+def completion_logps(trainer, batch):
+    """(B, T) log-probabilities of the completion tokens under the trainer's model, computed by hand."""
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    length = batch["completion_ids"].shape[1]
+    logits = trainer.model(input_ids=input_ids, attention_mask=attention).logits[:, -length - 1 : -1]
+    return torch.log_softmax(logits.float(), -1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+
+
 @pytest.mark.parametrize("loss_type", ["grpo", "dapo", "bnpo"])
 def test_trl_loss_types_equal_grpo_trainer(tiny_model_dir, tmp_path, loss_type):
     gbpo = make_trainer(GBPOTrainer, GBPOConfig, tiny_model_dir, tmp_path, loss_type=loss_type, epsilon=0.2)
@@ -94,10 +103,7 @@ def test_gbpo_loss_in_trainer_is_token_mean_of_the_pure_function(tiny_model_dir,
     batch = fake_batch(trainer, seed=1)
     loss = trainer._compute_loss(trainer.model, batch)
 
-    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
-    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-    logits = trainer.model(input_ids=input_ids, attention_mask=attention).logits[:, -7:-1]
-    logps = torch.log_softmax(logits.float(), -1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    logps = completion_logps(trainer, batch)
     per_token = gbpo_per_token_loss(logps, batch["old_per_token_logps"], batch["advantages"], batch["target_ratios"])
     mask = batch["completion_mask"]
     expected = (per_token * mask).sum() / mask.sum()
@@ -123,10 +129,7 @@ def test_gbpo_loss_with_kl_and_vllm_importance_sampling(tiny_model_dir, tmp_path
     batch["importance_sampling_ratio"] = 0.5 + torch.rand(4, 6, generator=gen)
     loss = trainer._compute_loss(trainer.model, batch)
 
-    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
-    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-    logits = trainer.model(input_ids=input_ids, attention_mask=attention).logits[:, -7:-1]
-    logps = torch.log_softmax(logits.float(), -1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    logps = completion_logps(trainer, batch)
     policy = gbpo_per_token_loss(logps, batch["old_per_token_logps"], batch["advantages"], batch["target_ratios"])
     delta = batch["ref_per_token_logps"] - logps
     kl = (torch.exp(delta) - delta - 1) * torch.exp(logps - batch["old_per_token_logps"])
