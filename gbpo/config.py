@@ -10,9 +10,6 @@ from .loss import TARGET_BASELINES, _check_epsilons, _check_temperature
 
 __all__ = ["GBPOConfig"]
 
-# Losses whose normaliser is the number of loss tokens, so completions masked out of the loss do not count in it.
-TOKEN_NORMALISED_LOSSES = ("gbpo", "dapo", "bnpo", "cispo")
-
 
 @dataclass
 class GBPOConfig(GRPOConfig):
@@ -50,10 +47,30 @@ class GBPOConfig(GRPOConfig):
             `eval/<benchmark>/pass@1` (the mean over the samples) and `eval/<benchmark>/maj@k`.
         num_train_generations (`int`, *optional*):
             Vote-N/train-M (TTRL's 64 votes, 32 trained; TRL has no such option): all `num_generations` completions of
-            a prompt are generated and scored (the majority vote sees them all), and only the first
-            `num_train_generations` of each group enter the loss, with advantages computed among themselves. The others
-            are masked out of the loss (their forward pass still runs). `None`: all are trained on. Needs a loss
-            normalised by its token count (`"gbpo"`, `"dapo"`, `"bnpo"`, `"cispo"`).
+            a prompt are generated and scored (the majority vote sees them all); `num_train_generations` of each group
+            are trained on, with advantages computed among themselves, and the others are removed from the training
+            batch before the old/reference log-prob passes and the training passes. Which ones are trained is fixed
+            by their position, not their content: position `j` of a group iff `(j * M) mod N < M` (for 64/32 the even
+            positions; `gbpo.rows.trained_mask`). `per_device_train_batch_size` counts generated (voting) rows: each
+            micro-batch trains `per_device_train_batch_size * M / N` rows, which must be a whole number so every
+            process holds the same rows. `None`: all are trained on. Works with every loss type.
+        drop_uninformative_groups (`bool`, defaults to `False`):
+            Remove the groups whose trained advantages are all zero (equal rewards: no policy gradient) from the
+            training batch. Their KL (`beta`), entropy-bonus (`entropy_coef`) and `tv_coef` terms go with them, and
+            the loss's token mean runs over the kept rows only. Every process keeps the same number of rows: the
+            largest informative count over the processes, rounded up to a multiple of `steps_per_generation`; a
+            process with fewer fills up with rows masked out of every loss term (`gbpo.rows`).
+        max_extra_generation_rounds (`int`, defaults to `0`):
+            DAPO's dynamic sampling (arXiv 2503.14476, 3.2), with `drop_uninformative_groups`: while some process has
+            fewer informative trained rows than a full batch, generate another round for fresh prompts drawn from
+            the training set (seeded by `seed`, the step and the round), at most this many extra rounds; the first
+            informative rows fill the batch. 0: no extra rounds.
+
+        Logged (training): `rows/trained_per_step` (rows in one optimizer step's mini-batch, all processes),
+        `rows/with_gradient_frac` (share of those rows with a nonzero advantage), `rows/groups_dropped` (groups of
+        the generation batch, all rounds, left out as uninformative) and `rows/extra_generation_rounds`. TRL's
+        `reward*`, `rewards/*` and `frac_reward_zero_std` describe every generated completion (all `num_generations`
+        votes, every round), not only the trained ones; `completions/*` likewise.
 
     Raises:
         ValueError: at construction, for a GBPO key out of range or a TRL option the GBPO loss cannot honour
@@ -100,6 +117,18 @@ class GBPOConfig(GRPOConfig):
         },
     )
 
+    drop_uninformative_groups: bool = field(
+        default=False,
+        metadata={"help": "Remove groups whose trained advantages are all zero (no policy gradient) from training."},
+    )
+    max_extra_generation_rounds: int = field(
+        default=0,
+        metadata={
+            "help": "DAPO dynamic sampling (needs drop_uninformative_groups): up to this many extra generation rounds "
+            "on fresh prompts until the batch holds enough informative groups. 0: none."
+        },
+    )
+
     eval_num_samples: int = field(
         default=4,
         metadata={"help": "Benchmark evaluation during training: samples per problem (pass@1 = avg@k, maj@k)."},
@@ -122,18 +151,7 @@ class GBPOConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.num_train_generations is not None:
-            if not 2 <= self.num_train_generations <= self.num_generations:
-                raise ValueError(
-                    f"num_train_generations must be between 2 and num_generations={self.num_generations}, got "
-                    f"{self.num_train_generations}."
-                )
-            if self.loss_type not in TOKEN_NORMALISED_LOSSES:
-                raise ValueError(
-                    f"num_train_generations needs a loss normalised by its token count, one of "
-                    f"{TOKEN_NORMALISED_LOSSES}, so that the completions left out do not dilute it; got "
-                    f"loss_type={self.loss_type!r}."
-                )
+        self._check_rows()
         if self.loss_type != "gbpo":
             return
         epsilon_high = self.epsilon if self.epsilon_high is None else self.epsilon_high
@@ -158,3 +176,40 @@ class GBPOConfig(GRPOConfig):
                     f"{key}={getattr(self, key)!r} is not supported with loss_type='gbpo': set it to {allowed}, "
                     "or pick a TRL loss_type."
                 )
+
+    def _check_rows(self):
+        """Vote-N/train-M, group filtering and the exact token-mean normaliser: keys that cannot work together."""
+        n, m = self.num_generations, self.num_train_generations
+        if m is not None:
+            if not 2 <= m <= n:
+                raise ValueError(f"num_train_generations must be between 2 and num_generations={n}, got {m}.")
+            if m < n and self.multi_objective_aggregation == "normalize_then_sum":
+                raise ValueError(
+                    "multi_objective_aggregation='normalize_then_sum' is not supported with num_train_generations < "
+                    "num_generations (its batch-wide normalisation is not computed over the trained rows): set "
+                    "multi_objective_aggregation='sum_then_normalize' or num_train_generations=None."
+                )
+        if self.max_extra_generation_rounds < 0:
+            raise ValueError(f"max_extra_generation_rounds must be >= 0, got {self.max_extra_generation_rounds}.")
+        if self.max_extra_generation_rounds > 0 and not self.drop_uninformative_groups:
+            raise ValueError(
+                "max_extra_generation_rounds > 0 (dynamic sampling) refills dropped groups: set "
+                "drop_uninformative_groups=True, or max_extra_generation_rounds=0."
+            )
+        if (m is not None and m < n) or self.drop_uninformative_groups:
+            m = m or n
+            if (self.per_device_train_batch_size * m) % n:
+                raise ValueError(
+                    f"per_device_train_batch_size={self.per_device_train_batch_size} x num_train_generations={m} must "
+                    f"be a multiple of num_generations={n}, so every process and micro-batch trains the same number "
+                    "of rows: change per_device_train_batch_size or num_train_generations."
+                )
+        if (
+            self.loss_type == "gbpo"
+            and (self.steps_per_generation * self.num_iterations) % self.gradient_accumulation_steps
+        ):
+            raise ValueError(
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps} must divide steps_per_generation="
+                f"{self.steps_per_generation} x num_iterations={self.num_iterations} with loss_type='gbpo', so that "
+                "each optimizer step's mini-batch is known when its token mean is taken: change one of these keys."
+            )

@@ -19,11 +19,20 @@ from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import Trainer
 from trl import GRPOTrainer
-from trl.models.utils import unwrap_model_for_generation
-from trl.trainer.utils import get_config_model_id, nanmax, nanmin
+from trl.models.utils import disable_gradient_checkpointing, unwrap_model_for_generation
+from trl.trainer.utils import get_config_model_id, nanmax, nanmin, use_adapter
 
 from .config import GBPOConfig
 from .loss import gbpo_advantages, gbpo_per_token_loss, importance_ratio, target_ratio
+from .rows import (
+    ADVANTAGE_ATOL,
+    concat_rows,
+    informative_rows,
+    rows_per_process,
+    select_rows,
+    take_rows,
+    trained_mask,
+)
 
 __all__ = ["GBPOTrainer"]
 
@@ -86,47 +95,155 @@ class GBPOTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        rewards_per_func, self._gathered_rewards_per_func = self._gathered_rewards_per_func, None
         mode = "train" if self.model.training else "eval"
+        args = self.args
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
-        num_trained = (self.args.num_train_generations or num_generations) if mode == "train" else num_generations
-        if self.loss_type != "gbpo" and num_trained == num_generations:
-            return output  # a TRL loss on every completion: TRL's advantages as they are
+        num_trained = (args.num_train_generations or num_generations) if mode == "train" else num_generations
+        drop_groups = mode == "train" and args.drop_uninformative_groups
+        if num_trained == num_generations and not drop_groups:
+            return self._score_round(super()._generate_and_score_completions(inputs), num_generations, num_trained)[0]
 
-        # The same aggregation as TRL's "sum_then_normalize" (GBPOConfig rejects the other one for GBPO).
-        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
-        rewards = (rewards_per_func * weights).nansum(dim=1)
-        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
-        # Vote-N / train-M: every completion voted (the rewards above); the first M of each group are trained on, and
-        # their advantages are computed among themselves, as TTRL's reference does. The choice depends only on the
-        # global position, so every process keeps the same completions.
-        trained = torch.zeros(rewards.numel() // num_generations, num_generations, dtype=torch.bool)
-        trained[:, :num_trained] = True
-        trained = trained.view(-1).to(rewards.device)
-        advantages, target_advantages = torch.zeros_like(rewards), torch.zeros_like(rewards)
-        advantages[trained], target_advantages[trained] = gbpo_advantages(
-            rewards[trained],
-            num_trained,
-            scale_rewards=self.scale_rewards,
-            target_baseline=self.args.target_baseline,
-            epsilon_low=self.epsilon_low,
-            epsilon_high=self.epsilon_high,
-            temperature=self.args.gbpo_temperature,
-        )
+        # Rows are dropped: the log-prob passes that TRL's method does not itself use run afterwards on the kept rows.
+        rounds = [self._generate_round(inputs, num_generations, num_trained)]
+        cap = len(inputs) * num_trained // num_generations  # rows per process of the full vote-N/train-M batch
+        while drop_groups and len(rounds) <= args.max_extra_generation_rounds:
+            informative = sum(int((r[1] & r[2]).sum()) for r in rounds)
+            fewest = self.accelerator.gather(torch.tensor([informative], device=self.accelerator.device)).min()
+            if fewest >= cap:
+                break
+            rounds.append(
+                self._generate_round(self._extra_prompts(len(inputs), len(rounds)), num_generations, num_trained)
+            )
+        outputs, candidates, informative, deferred = zip(*rounds, strict=True)
+        candidates, informative = torch.cat(candidates), torch.cat(informative)
+        steps = args.steps_per_generation
+        if drop_groups:
+            counts = self.accelerator.gather(
+                torch.tensor([int((candidates & informative).sum())], device=self.accelerator.device)
+            )
+            num_rows = rows_per_process(counts.tolist(), cap, steps)
+        else:
+            num_rows = cap
+        index, in_loss = select_rows(candidates, informative if drop_groups else candidates, num_rows)
+        pad_token_id = self.processing_class.pad_token_id if hasattr(self.processing_class, "pad_token_id") else None
+        pad_token_id = self._tokenizer.pad_token_id if pad_token_id is None else pad_token_id
+        precomputed = "computed" in deferred[0]  # a log-prob pass ran on the wider batch (vLLM's IS correction)
+        output = take_rows(concat_rows(outputs, pad_token_id), index, pad_token_id, trim_prompt=not precomputed)
+        output["completion_mask"] = output["completion_mask"] * in_loss.to(output["completion_mask"].device)[:, None]
+        self._run_deferred_logps(output, deferred[0])
+        loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
+        output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+
+        carries = (output["advantages"].abs() > ADVANTAGE_ATOL) & in_loss.to(output["advantages"].device)
+        totals = self.accelerator.gather(torch.tensor([carries.sum(), len(index)], device=self.accelerator.device))
+        totals = totals.view(-1, 2).sum(0).tolist()
+        groups = self.accelerator.gather(torch.tensor([int((~informative).sum())], device=self.accelerator.device))
+        metrics = self._metrics[mode]
+        metrics["rows/trained_per_step"].append(totals[1] / steps * args.gradient_accumulation_steps)
+        metrics["rows/with_gradient_frac"].append(totals[0] / max(totals[1], 1))
+        metrics["rows/groups_dropped"].append(float(groups.sum()) / num_generations if drop_groups else 0.0)
+        metrics["rows/extra_generation_rounds"].append(float(len(rounds) - 1))
+        return output
+
+    def _generate_round(self, inputs, num_generations, num_trained):
+        """One generation round with the deferrable log-prob passes deferred; its rows' trained/informative masks."""
+        self._deferred = []
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            deferred, self._deferred = self._deferred, None
+        output, trained, informative = self._score_round(output, num_generations, num_trained)
+        return output, trained, informative, deferred
+
+    def _score_round(self, output, num_generations, num_trained):
+        """Advantages (and GBPO's target ratios) among the trained rows of each group, from the gathered rewards.
+
+        Returns the output, and the local rows' (B,) trained and informative-group masks.
+        """
+        rewards_per_func, self._gathered_rewards_per_func = self._gathered_rewards_per_func, None
         local = output["advantages"].shape[0]
         process_slice = slice(self.accelerator.process_index * local, (self.accelerator.process_index + 1) * local)
-        output["advantages"] = advantages[process_slice]
-        if self.loss_type == "gbpo":
-            output["target_ratios"] = target_ratio(
-                target_advantages[process_slice], self.epsilon_low, self.epsilon_high, self.args.gbpo_temperature
+        trained = trained_mask(rewards_per_func.size(0), num_generations, num_trained).to(rewards_per_func.device)
+        if self.loss_type != "gbpo" and num_trained == num_generations:
+            advantages = self.accelerator.gather(output["advantages"])  # TRL's, for either aggregation
+        else:
+            # The same aggregation as TRL's "sum_then_normalize" (GBPOConfig rejects the other one here).
+            weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+            rewards = (rewards_per_func * weights).nansum(dim=1)
+            rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+            advantages, target_advantages = torch.zeros_like(rewards), torch.zeros_like(rewards)
+            advantages[trained], target_advantages[trained] = gbpo_advantages(
+                rewards[trained],
+                num_trained,
+                scale_rewards=self.scale_rewards,
+                target_baseline=self.args.target_baseline,
+                epsilon_low=self.epsilon_low,
+                epsilon_high=self.epsilon_high,
+                temperature=self.args.gbpo_temperature,
             )
-        if num_trained < num_generations:
-            # Completions that only voted leave the loss and its token count.
-            output["completion_mask"] = output["completion_mask"] * trained[process_slice].unsqueeze(1)
-            loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
-            output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-        return output
+            output["advantages"] = advantages[process_slice]
+            if self.loss_type == "gbpo":
+                output["target_ratios"] = target_ratio(
+                    target_advantages[process_slice], self.epsilon_low, self.epsilon_high, self.args.gbpo_temperature
+                )
+        informative = informative_rows(advantages, trained, num_generations)
+        return output, trained[process_slice].cpu(), informative[process_slice].cpu()
+
+    def _extra_prompts(self, num_rows, round_index):
+        """This process's rows of an extra generation round: fresh prompts, the same on every process (seeded)."""
+        dataset = self.train_dataset
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise ValueError("max_extra_generation_rounds needs a map-style train_dataset (an indexable Dataset).")
+        num_generations = self.num_generations
+        num_prompts = num_rows * self.accelerator.num_processes // num_generations
+        generator = torch.Generator().manual_seed(self.args.seed + 1_000_003 * self.state.global_step + round_index)
+        prompts = torch.randint(len(dataset), (num_prompts,), generator=generator).repeat_interleave(num_generations)
+        start = self.accelerator.process_index * num_rows
+        return [dataset[int(i)] for i in prompts[start : start + num_rows]]
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *a, **kw):
+        # While rows may still be dropped (`_generate_round`), TRL's old/reference log-prob passes that its method does
+        # not use itself return a placeholder and are recorded; `_run_deferred_logps` runs them on the kept rows.
+        deferred = getattr(self, "_deferred", None)
+        if deferred is not None:
+            generate_every = self.args.steps_per_generation * self.num_iterations
+            vllm_is = self.use_vllm and self.vllm_importance_sampling_correction
+            # TRL's order and conditions: old log-probs, then the reference's.
+            plan = ["old"] * (self.args.gradient_accumulation_steps % generate_every != 0 or vllm_is)
+            plan += ["ref"] * (self.beta != 0.0)
+            name = plan[len(deferred)] if len(deferred) < len(plan) else None
+            if name == "ref" or (name == "old" and not vllm_is):  # vLLM's IS ratio needs the old ones inside TRL
+                deferred.append(name)
+                return input_ids.new_zeros(input_ids.size(0), logits_to_keep, dtype=torch.float32), None, None
+            deferred.append("computed")
+        return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *a, **kw)
+
+    def _run_deferred_logps(self, output, deferred):
+        """The old/reference log-prob passes deferred by `_get_per_token_logps_and_entropies`, on the kept rows."""
+        if not any(name in ("old", "ref") for name in deferred):
+            return
+        # The inputs and attention mask of the training forward pass (`_compute_loss`).
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        logits_to_keep = output["completion_ids"].size(1)
+        batch_size = self.args.per_device_train_batch_size
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            if "old" in deferred:
+                output["old_per_token_logps"] = super()._get_per_token_logps_and_entropies(
+                    self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
+                )[0]
+            if "ref" in deferred:
+                if self.ref_model is not None:
+                    ref = super()._get_per_token_logps_and_entropies(
+                        self.ref_model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
+                    )[0]
+                else:  # PEFT: the reference is the base model (or an adapter named "ref"), as in TRL
+                    unwrapped = self.accelerator.unwrap_model(self.model)
+                    with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+                        ref = super()._get_per_token_logps_and_entropies(
+                            self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
+                        )[0]
+                output["ref_per_token_logps"] = ref
 
     # ------------------------------------------------------------------ loss
 
@@ -185,11 +302,9 @@ class GBPOTrainer(GRPOTrainer):
             per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
 
         mode = "train" if self.model.training else "eval"
-        # Token-mean over the whole mini-batch (reference): `num_items_in_batch` counts the tokens of the generation
-        # batch on all processes; rescale it to one optimizer step, as TRL's "dapo" does.
-        normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
-        if mode == "train":
-            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        # Token-mean over the whole mini-batch (reference): the loss tokens of this optimizer step's micro-batches on
+        # all processes; the data-parallel gradient average divides by the processes again.
+        normalizer = self._step_token_count(inputs, mode) / self.accelerator.num_processes
         policy_loss = (per_token_loss * policy_mask).sum() / normalizer
         loss = policy_loss
 
@@ -215,6 +330,27 @@ class GBPOTrainer(GRPOTrainer):
         if self.beta != 0.0:
             self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
         return loss
+
+    def _step_token_count(self, inputs, mode: str) -> torch.Tensor:
+        """Loss tokens of the optimizer step ``inputs`` belongs to, summed over its micro-batches and the processes.
+
+        TRL buffers the ``steps_per_generation`` micro-batches of a generation batch (`_buffered_inputs`) and feeds
+        micro-step ``s`` the one at ``s % steps_per_generation``; an optimizer step is ``gradient_accumulation_steps``
+        consecutive micro-steps (GBPOConfig makes that divide ``steps_per_generation * num_iterations``, so one step
+        never spans two generation batches). In evaluation the batch is the step: ``num_items_in_batch``.
+        """
+        buffered = getattr(self, "_buffered_inputs", None)
+        if mode != "train" or not buffered:
+            return inputs["num_items_in_batch"].clamp(min=1.0)
+        cached = getattr(self, "_buffered_token_counts", None)
+        if cached is None or cached[0] is not buffered:
+            local = torch.stack([(b["completion_mask"] * b.get("tool_mask", 1)).sum().float() for b in buffered])
+            cached = (buffered, self.accelerator.gather(local).view(-1, len(buffered)).sum(0))
+            self._buffered_token_counts = cached
+        accumulation = self.args.gradient_accumulation_steps
+        first = (self._step // accumulation) * accumulation
+        chunks = [step % len(buffered) for step in range(first, first + accumulation)]
+        return cached[1][chunks].sum().clamp(min=1.0)
 
     def _global_masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
         totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
