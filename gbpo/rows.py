@@ -253,9 +253,9 @@ def batch_layout(args, num_processes: int, num_prompts: int) -> dict[str, int]:
 
     Returns:
         ``votes_per_prompt`` (N), ``trained_per_prompt`` (M), ``prompts_per_generation``, ``prompts_per_step`` (the
-        prompts whose trained completions form one optimizer step's mini-batch), ``steps_per_generation_batch``
-        (optimizer steps per generation batch, all ``num_iterations`` included) and ``total_steps`` (optimizer steps
-        of ``num_train_epochs`` passes, or ``max_steps`` when set).
+        prompts whose trained completions form one optimizer step's mini-batch), ``steps_per_ppo_epoch`` (optimizer
+        steps per pass over a generation batch), ``steps_per_generation_batch`` (all ``num_iterations`` passes) and
+        ``total_steps`` (optimizer steps of ``num_train_epochs`` passes, or ``max_steps`` when set).
     """
     votes = args.num_generations
     trained = args.num_train_generations or votes
@@ -276,6 +276,7 @@ def batch_layout(args, num_processes: int, num_prompts: int) -> dict[str, int]:
         "trained_per_prompt": trained,
         "prompts_per_generation": prompts_per_generation,
         "prompts_per_step": rows_per_step // trained,
+        "steps_per_ppo_epoch": args.steps_per_generation // args.gradient_accumulation_steps,
         "steps_per_generation_batch": steps_per_generation_batch,
         "total_steps": total,
     }

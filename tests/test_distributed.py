@@ -55,16 +55,16 @@ def check_two_rank_records(tmp_path: Path, zero_stage: int | None = None) -> Non
         nontrivial += sum(single) > 0
     assert nontrivial > 0, "the random model never produced an answer: the test would not see a vote"
 
-    # GBPO's advantages and target ratios: computed from the rewards gathered over both ranks, then sliced; with
-    # vote-4/train-3 the last completion of each group voted but is masked out of the loss, on whichever rank it is.
-    trained = torch.tensor([True, True, True, False] * 3)
+    # GBPO's advantages and target ratios: computed from the rewards gathered over both ranks; with vote-4/train-2
+    # positions 1 and 3 of each group voted but leave the batch, on whichever rank they are: 3 rows stay on each.
+    trained = torch.tensor([True, False, True, False] * 3)
     for (r0, r1), b0, b1 in zip(calls, ranks[0]["batches"], ranks[1]["batches"], strict=True):
-        assert b0["trained"] + b1["trained"] == trained.tolist()
+        assert len(b0["advantages"]) == len(b1["advantages"]) == 3
         rewards = torch.tensor(r0["rewards"] + r1["rewards"])
-        advantages, target_advantages = gbpo_advantages(rewards[trained], 3)
-        torch.testing.assert_close(torch.tensor(b0["advantages"] + b1["advantages"])[trained], advantages)
+        advantages, target_advantages = gbpo_advantages(rewards[trained], 2)
+        torch.testing.assert_close(torch.tensor(b0["advantages"] + b1["advantages"]), advantages)
         torch.testing.assert_close(
-            torch.tensor(b0["target_ratios"] + b1["target_ratios"])[trained], target_ratio(target_advantages)
+            torch.tensor(b0["target_ratios"] + b1["target_ratios"]), target_ratio(target_advantages)
         )
 
 

@@ -70,7 +70,12 @@ def test_paper_recipe_maps_the_reference_setting():
         args=_argv_with_config([str(RECIPES / "qwen_math_aime.yaml"), *CPU])
     )
     assert model_args.model_name_or_path == "Qwen/Qwen2.5-Math-1.5B"
-    assert (args.num_generations, args.num_iterations, args.learning_rate) == (32, 10, 5e-7)
+    assert (args.num_generations, args.num_train_generations, args.num_iterations, args.learning_rate) == (
+        64,
+        32,
+        10,
+        5e-7,
+    )
     assert (args.epsilon, args.gbpo_temperature, args.beta, args.entropy_coef) == (0.3, 1e-4, 0.001, 0.005)
     assert args.use_vllm and args.vllm_mode == "colocate" and args.max_completion_length == 3072
 

@@ -43,11 +43,11 @@ class RecordingTrainer(GBPOTrainer):
 
 args = GBPOConfig(
     output_dir=str(out_dir / "run"),
-    per_device_train_batch_size=3,  # 3 x 2 steps = 6 completions per rank: the second group of 4 spans both ranks
-    steps_per_generation=2,
-    gradient_accumulation_steps=2,
+    per_device_train_batch_size=2,  # 2 x 3 steps = 6 completions per rank: the second group of 4 spans both ranks
+    steps_per_generation=3,
+    gradient_accumulation_steps=3,
     num_generations=4,
-    num_train_generations=3,  # vote-N/train-M: all 4 vote, the first 3 of each group are trained on
+    num_train_generations=2,  # vote-N/train-M: all 4 vote, positions 0 and 2 of each group are trained on
     max_completion_length=16,
     max_steps=2,
     learning_rate=1e-2,
