@@ -101,7 +101,10 @@ class GBPOTrainer(GRPOTrainer):
         num_trained = (args.num_train_generations or num_generations) if mode == "train" else num_generations
         drop_groups = mode == "train" and args.drop_uninformative_groups
         if num_trained == num_generations and not drop_groups:
-            return self._score_round(super()._generate_and_score_completions(inputs), num_generations, num_trained)[0]
+            output = self._score_round(super()._generate_and_score_completions(inputs), num_generations, num_trained)[0]
+            if mode == "train":
+                self._log_rows(output, torch.ones(output["advantages"].numel(), dtype=torch.bool), 0, 0)
+            return output
 
         # Rows are dropped: the log-prob passes that TRL's method does not itself use run afterwards on the kept rows.
         rounds = [self._generate_round(inputs, num_generations, num_trained)]
@@ -115,18 +118,16 @@ class GBPOTrainer(GRPOTrainer):
                 self._generate_round(self._extra_prompts(len(inputs), len(rounds)), num_generations, num_trained)
             )
         outputs, candidates, informative, deferred = zip(*rounds, strict=True)
+        device = self.accelerator.device
         candidates, informative = torch.cat(candidates), torch.cat(informative)
         steps = args.steps_per_generation
         if drop_groups:
-            counts = self.accelerator.gather(
-                torch.tensor([int((candidates & informative).sum())], device=self.accelerator.device)
-            )
+            counts = self.accelerator.gather(torch.tensor([int((candidates & informative).sum())], device=device))
             num_rows = rows_per_process(counts.tolist(), cap, steps)
         else:
             num_rows = cap
         index, in_loss = select_rows(candidates, informative if drop_groups else candidates, num_rows)
-        pad_token_id = self.processing_class.pad_token_id if hasattr(self.processing_class, "pad_token_id") else None
-        pad_token_id = self._tokenizer.pad_token_id if pad_token_id is None else pad_token_id
+        pad_token_id = self._tokenizer.pad_token_id  # what TRL pads with
         precomputed = "computed" in deferred[0]  # a log-prob pass ran on the wider batch (vLLM's IS correction)
         output = take_rows(concat_rows(outputs, pad_token_id), index, pad_token_id, trim_prompt=not precomputed)
         output["completion_mask"] = output["completion_mask"] * in_loss.to(output["completion_mask"].device)[:, None]
@@ -134,16 +135,22 @@ class GBPOTrainer(GRPOTrainer):
         loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
 
-        carries = (output["advantages"].abs() > ADVANTAGE_ATOL) & in_loss.to(output["advantages"].device)
-        totals = self.accelerator.gather(torch.tensor([carries.sum(), len(index)], device=self.accelerator.device))
-        totals = totals.view(-1, 2).sum(0).tolist()
-        groups = self.accelerator.gather(torch.tensor([int((~informative).sum())], device=self.accelerator.device))
-        metrics = self._metrics[mode]
-        metrics["rows/trained_per_step"].append(totals[1] / steps * args.gradient_accumulation_steps)
-        metrics["rows/with_gradient_frac"].append(totals[0] / max(totals[1], 1))
-        metrics["rows/groups_dropped"].append(float(groups.sum()) / num_generations if drop_groups else 0.0)
-        metrics["rows/extra_generation_rounds"].append(float(len(rounds) - 1))
+        groups_dropped = int(self.accelerator.gather(torch.tensor([int((~informative).sum())], device=device)).sum())
+        self._log_rows(output, in_loss, groups_dropped // num_generations if drop_groups else 0, len(rounds) - 1)
         return output
+
+    def _log_rows(self, output, in_loss, groups_dropped, extra_rounds):
+        """``rows/*`` metrics of a training generation batch (GBPOConfig's docstring says what each describes)."""
+        device = output["advantages"].device
+        carries = (output["advantages"].abs() > ADVANTAGE_ATOL) & in_loss.to(device)
+        totals = self.accelerator.gather(torch.tensor([int(carries.sum()), len(in_loss)], device=device))
+        with_gradient, rows = totals.view(-1, 2).sum(0).tolist()
+        metrics = self._metrics["train"]
+        steps_per_optimizer_step = self.args.steps_per_generation / self.args.gradient_accumulation_steps
+        metrics["rows/trained_per_step"].append(rows / steps_per_optimizer_step)
+        metrics["rows/with_gradient_frac"].append(with_gradient / max(rows, 1))
+        metrics["rows/groups_dropped"].append(float(groups_dropped))
+        metrics["rows/extra_generation_rounds"].append(float(extra_rounds))
 
     def _generate_round(self, inputs, num_generations, num_trained):
         """One generation round with the deferrable log-prob passes deferred; its rows' trained/informative masks."""
