@@ -1,5 +1,11 @@
 """Row selection (gbpo.rows) and its use in the trainer: vote-N/train-M, informative groups, the exact normaliser."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from datasets import Dataset
@@ -338,3 +344,34 @@ def test_normaliser_is_the_token_count_of_each_optimizer_step(tiny_model_dir, tm
     loss = trainer._compute_loss(trainer.model, chunks[1])
     hand = (3 * 0.5 * 0.3 + 6 * 1.5 * 0.3) / (3 + 9)
     torch.testing.assert_close(loss, torch.tensor(hand), rtol=1e-5, atol=1e-6)
+
+
+def test_two_ranks_keep_the_same_number_of_rows(tiny_model_dir, tmp_path):
+    """torchrun, 2 CPU processes: groups dropped unevenly over the ranks; each rank still trains the same number of
+    rows (the larger informative count rounded up to steps_per_generation), the other rank filling up with rows that
+    are in no loss term."""
+    from test_distributed import free_port
+
+    script = Path(__file__).parent / "scripts" / "rows_run.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    result = subprocess.run(
+        [*launcher, str(free_port()), str(script), str(tmp_path), str(tiny_model_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["num_processes"] == 2
+    uneven = 0
+    for b0, b1 in zip(ranks[0]["batches"], ranks[1]["batches"], strict=True):
+        # 2 trained rows per "vary" group on each rank (its 2 groups of 4 are whole: 8 rows per rank)
+        informative = [2 * sum(p.startswith("vary") for p in b["local_prompts"][::4]) for b in (b0, b1)]
+        assert b0["rows"] == b1["rows"] == rows_per_process(informative, cap=4, steps_per_generation=2)
+        assert [b0["in_loss"], b1["in_loss"]] == informative
+        for b in (b0, b1):  # rows in the loss carry a gradient; filler rows have no loss tokens
+            assert all(abs(a) > 0 for a, used in zip(b["advantages"], b["in_loss_rows"], strict=True) if used)
+        uneven += informative[0] != informative[1]
+    assert uneven > 0, "the sampler never split the informative groups unevenly: the test saw no filler"

@@ -1,5 +1,5 @@
 """Run under `torchrun --nproc_per_node 2`: GBPO + TTRL training whose vote groups span both ranks, with 4 votes and
-3 trained completions per prompt.
+2 trained completions per prompt.
 
 Each rank writes what it saw to OUT/rank{r}.json: the local slices of prompts, completions and majority-vote rewards
 of every reward call, and the advantages and target ratios of every generation batch. tests/test_distributed.py
