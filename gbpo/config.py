@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .loss import TARGET_BASELINES, _check_epsilons, _check_temperature
+from .vllm_cpu import VLLM_DTYPES
 
 __all__ = ["GBPOConfig"]
 
@@ -48,6 +49,9 @@ class GBPOConfig(GRPOConfig):
             Sampling of the benchmark evaluation that runs every `eval_steps` when the trainer is given
             `eval_benchmarks` (TTRL validates with 16 samples at temperature 0.6, top_p 0.95); it logs
             `eval/<benchmark>/pass@1` (the mean over the samples) and `eval/<benchmark>/maj@k`.
+        vllm_dtype (`str`, defaults to `"auto"`), vllm_enforce_eager (`bool`, *optional*):
+            Options of the colocated vLLM engine that TRL does not expose (gbpo/vllm_cpu.py): the generation dtype, and
+            whether to skip vLLM's torch.compile warm-up (default: skipped on a CPU build of vLLM).
         num_train_generations (`int`, *optional*):
             Vote-N/train-M (TTRL's 64 votes, 32 trained; TRL has no such option): all `num_generations` completions of
             a prompt are generated and scored (the majority vote sees them all), and only the first
@@ -120,8 +124,25 @@ class GBPOConfig(GRPOConfig):
         metadata={"help": "Benchmark evaluation during training: an unboxed sample answers with its last number."},
     )
 
+    vllm_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "dtype of the colocated vLLM engine: 'auto' (vLLM's choice: bf16 for an fp32 model on a CPU), "
+            "'float32', 'bfloat16' or 'float16'. The trained model keeps its own dtype."
+        },
+    )
+    vllm_enforce_eager: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Skip vLLM's torch.compile warm-up in the colocated engine. None: True on a CPU build of vLLM "
+            "(minutes of warm-up for no measured gain), vLLM's default on a GPU."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
+        if self.vllm_dtype not in VLLM_DTYPES:
+            raise ValueError(f"vllm_dtype must be one of {VLLM_DTYPES}, got {self.vllm_dtype!r}.")
         if self.num_train_generations is not None:
             if not 2 <= self.num_train_generations <= self.num_generations:
                 raise ValueError(

@@ -24,6 +24,13 @@ from trl.trainer.utils import get_config_model_id, nanmax, nanmin
 
 from .config import GBPOConfig
 from .loss import gbpo_advantages, gbpo_per_token_loss, importance_ratio, target_ratio
+from .vllm_cpu import (
+    adapt_vllm_generation,
+    configure_cpu_environment,
+    generation_engine_line,
+    vllm_engine_options,
+    vllm_platform_is_cpu,
+)
 
 __all__ = ["GBPOTrainer"]
 
@@ -71,10 +78,19 @@ class GBPOTrainer(GRPOTrainer):
         if self.eval_benchmarks and kwargs.get("eval_dataset") is None:
             # Benchmarks are evaluated by `evaluate` below; the Trainer's check for an eval_dataset does not apply.
             args.eval_strategy = "no"
+        cpu_colocate = args.use_vllm and args.vllm_mode == "colocate" and vllm_platform_is_cpu()
+        if cpu_colocate:
+            configure_cpu_environment()
+        enforce_eager = cpu_colocate if args.vllm_enforce_eager is None else args.vllm_enforce_eager
         try:
-            super().__init__(model, reward_funcs, args=args, **kwargs)
+            with vllm_engine_options(args.vllm_dtype, enforce_eager or None):
+                super().__init__(model, reward_funcs, args=args, **kwargs)
         finally:
             args.eval_strategy = eval_strategy
+        if cpu_colocate:
+            # TRL's colocated weight sync assumes a GPU build of vLLM; on a CPU it goes through vLLM's reload.
+            adapt_vllm_generation(self.vllm_generation)
+        self.accelerator.print(generation_engine_line(args, cpu_colocate))
         self._gathered_rewards_per_func = None
 
     # ------------------------------------------------------------------ advantages and target ratios
