@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from trl import GRPOConfig
 
@@ -10,6 +10,10 @@ from .loss import TARGET_BASELINES, _check_epsilons, _check_temperature
 from .vllm_cpu import VLLM_DTYPES
 
 __all__ = ["GBPOConfig"]
+
+# GBPO's bound (reference implementation, paper 5.3 / A.9); TRL's own default applies to every TRL loss type.
+GBPO_EPSILON = 0.3
+TRL_EPSILON = next(f.default for f in fields(GRPOConfig) if f.name == "epsilon")
 
 # Losses whose normaliser is the number of loss tokens, so completions masked out of the loss do not count in it.
 TOKEN_NORMALISED_LOSSES = ("gbpo", "dapo", "bnpo", "cispo")
@@ -19,11 +23,13 @@ TOKEN_NORMALISED_LOSSES = ("gbpo", "dapo", "bnpo", "cispo")
 class GBPOConfig(GRPOConfig):
     r"""Configuration of [`GBPOTrainer`]: every [`trl.GRPOConfig`] key, plus GBPO's.
 
-    Only the policy loss changes (GBPO.md; "Bounded Ratio Reinforcement Learning", arXiv 2604.18578): with
-    `loss_type="gbpo"` (the default) GRPO's clipped token loss becomes the advantage-weighted total variation
-    `|A| * |rho - r*|` to the target ratio `r* = 1 - epsilon + (epsilon + epsilon_high) * sigmoid(T / tau)`, `T` the
-    median-centred target advantage and `tau = gbpo_temperature`. Every TRL loss type (`"grpo"`, `"dapo"`, `"bnpo"`,
-    `"dr_grpo"`, ...) stays selectable on the same trainer, so GBPO and GRPO runs share one code path.
+    Only the policy loss changes ("Bounded Ratio Reinforcement Learning", arXiv 2604.18578, section 4.5; the maths
+    in docs/algorithm.md): with `loss_type="gbpo"` (the default) GRPO's clipped token loss becomes the
+    advantage-weighted total variation `|A| * |rho - r*|` to the target ratio
+    `r* = 1 - epsilon + (epsilon + epsilon_high) * sigmoid(T / tau)`, `T` the median-centred target advantage and
+    `tau = gbpo_temperature`. Every TRL loss type (`"grpo"`, `"dapo"`, `"bnpo"`, `"dr_grpo"`, ...) stays selectable on
+    the same trainer, so GBPO and GRPO runs share one code path; with a TRL loss type every key left at its default has
+    `GRPOConfig`'s default (GBPO's defaults, such as `epsilon=0.3`, apply to `loss_type="gbpo"` only).
 
     TRL's names are kept: `epsilon` is the lower bound `eps_low` (target ratio `1 - epsilon` below the threshold) and
     `epsilon_high` the upper bound; `num_iterations` is the number of PPO epochs over each generation batch.
@@ -32,11 +38,13 @@ class GBPOConfig(GRPOConfig):
         loss_type (`str`, defaults to `"gbpo"`):
             `"gbpo"`, or any TRL loss type. GBPO aggregates as the reference implementation: the token-mean over the
             whole mini-batch (sum of token losses over every process and accumulation step / number of tokens).
-        epsilon (`float`, defaults to `0.3`):
-            `eps_low`, in (0, 1]; 1 is the cross-entropy-method limit (GBPO.md 3).
+        epsilon (`float`, *optional*):
+            `eps_low`, in (0, 1] for GBPO; 1 is the cross-entropy-method limit (paper 4.6, docs/algorithm.md). `None`
+            (default) resolves at construction to 0.3 (the GBPO reference) with `loss_type="gbpo"` and to TRL's
+            default 0.2 with any other loss type; a value set by the user is kept.
         epsilon_high (`float`, *optional*):
-            `eps_high` > 0; `None` (default) takes the value of `epsilon`, as in TRL, so both sides are 0.3 as in the
-            reference.
+            `eps_high` > 0; `None` (default) takes the value of `epsilon`, as in TRL, so both GBPO bounds are 0.3 as in
+            the reference.
         gbpo_temperature (`float`, defaults to `1e-4`):
             tau of the sigmoid step of the target ratio (Theorem 4.1), in z-score units; the reference value is 1e-4.
         target_baseline (`str`, defaults to `"median"`):
@@ -69,15 +77,18 @@ class GBPOConfig(GRPOConfig):
         default="gbpo",
         metadata={"help": "'gbpo' (default), or any TRL GRPO loss type ('grpo', 'dapo', 'bnpo', 'dr_grpo', ...)."},
     )
-    epsilon: float = field(
-        default=0.3,
-        metadata={"help": "Lower bound eps_low of the target ratio (1 - epsilon), in (0, 1]. GBPO reference: 0.3."},
+    epsilon: float | None = field(
+        default=None,
+        metadata={
+            "help": "Lower bound: eps_low of GBPO's target ratio (1 - epsilon, in (0, 1]) or TRL's clip epsilon. None "
+            f"(default): {GBPO_EPSILON} (GBPO reference) with loss_type 'gbpo', TRL's {TRL_EPSILON} otherwise."
+        },
     )
     epsilon_high: float | None = field(
         default=None,
         metadata={
             "help": "Upper bound eps_high of the target ratio (1 + epsilon_high); None (default) takes `epsilon`, "
-            "as in TRL, so both sides are 0.3 as in the GBPO reference."
+            "as in TRL, so both GBPO bounds are 0.3 as in the GBPO reference."
         },
     )
     gbpo_temperature: float = field(
@@ -140,6 +151,8 @@ class GBPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        if self.epsilon is None:
+            self.epsilon = GBPO_EPSILON if self.loss_type == "gbpo" else TRL_EPSILON
         super().__post_init__()
         if self.vllm_dtype not in VLLM_DTYPES:
             raise ValueError(f"vllm_dtype must be one of {VLLM_DTYPES}, got {self.vllm_dtype!r}.")

@@ -41,12 +41,16 @@ class GBPOTrainer(GRPOTrainer):
     GBPO ("Bounded Ratio Reinforcement Learning", arXiv 2604.18578, 4.5 and 5.3) is BPO with GRPO's group-relative
     advantages: each completion's ratio ``rho`` is pulled towards the bounded-ratio optimum ``r*`` (``1 + eps_high``
     above the group's median reward, ``1 - eps_low`` below it) by the loss ``|A| * |rho - r*|``, token-mean over the
-    mini-batch. A drop-in replacement for `trl.GRPOTrainer`: same arguments, same reward functions, same logging; with
-    a TRL ``loss_type`` in `GBPOConfig` it trains exactly as `GRPOTrainer` does.
+    mini-batch (docs/algorithm.md). A drop-in replacement for `trl.GRPOTrainer`: same arguments, same reward functions,
+    same logging; with a TRL ``loss_type`` a `GBPOConfig` with the same keys as a `GRPOConfig` (defaults included)
+    trains exactly as `GRPOTrainer` does: same advantages, losses, logged metrics and updated weights.
 
-    Extra metrics (``loss_type="gbpo"``): ``gbpo/target_ratio/mean``, ``gbpo/ratio/mean|min|max`` over completion
-    tokens, ``clip_ratio/low_mean|high_mean|region_mean`` (fraction of tokens with ``rho`` below ``1 - eps_low``, above
-    ``1 + eps_high``, or either) and ``policy_loss``.
+    Metrics logged with ``loss_type="gbpo"`` besides TRL's generation and reward metrics: ``entropy``, ``policy_loss``
+    and ``kl`` (as TRL), ``gbpo/ratio/mean|min|max`` (``rho`` over loss tokens), ``gbpo/target_ratio/mean`` (``r*``
+    averaged over the rows that have loss tokens) and ``gbpo/outside_bounds/low_mean|high_mean|region_mean`` (fraction
+    of loss tokens with ``rho`` below ``1 - eps_low``, above ``1 + eps_high``, or either, whatever the advantage's
+    sign). TRL's ``clip_ratio/*`` counts tokens whose clip is active for the advantage's sign; GBPO has no clip, so it
+    does not log them (a TRL ``loss_type`` logs TRL's own).
 
     Benchmark evaluation during training: with ``eval_benchmarks`` (``{name: dataset}`` with ``prompt`` and ``answer``
     columns, e.g. from `gbpo.data.load_benchmark`) every evaluation (``eval_strategy``/``eval_steps``) samples
@@ -237,19 +241,25 @@ class GBPOTrainer(GRPOTrainer):
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
     def _log_gbpo_metrics(self, mode, mask, ratio, target_ratios, entropies, policy_loss):
+        """Log GBPO's step metrics (names and meanings in the class docstring), reduced over every process.
+
+        ``mask`` (B, T) marks the loss tokens, ``ratio`` (B, T) is ``rho``, ``target_ratios`` (B,) is ``r*``.
+        """
         metrics = self._metrics[mode]
         metrics["entropy"].append(self._global_masked_mean(entropies, mask))
         metrics["policy_loss"].append(self.accelerator.gather(policy_loss.detach()).mean().item())
-        metrics["gbpo/target_ratio/mean"].append(self.accelerator.gather(target_ratios).mean().item())
+        # Rows without loss tokens (completions that only voted, or masked by TRL) are not trained: leave them out.
+        trained_rows = (mask.sum(dim=1) > 0).float()
+        metrics["gbpo/target_ratio/mean"].append(self._global_masked_mean(target_ratios, trained_rows))
         metrics["gbpo/ratio/mean"].append(self._global_masked_mean(ratio, mask))
         masked_ratio = ratio.masked_fill(~mask.bool(), float("nan"))
         metrics["gbpo/ratio/min"].append(nanmin(self.accelerator.gather(nanmin(masked_ratio))).item())
         metrics["gbpo/ratio/max"].append(nanmax(self.accelerator.gather(nanmax(masked_ratio))).item())
         low = (ratio < 1 - self.epsilon_low).float()
         high = (ratio > 1 + self.epsilon_high).float()
-        metrics["clip_ratio/low_mean"].append(self._global_masked_mean(low, mask))
-        metrics["clip_ratio/high_mean"].append(self._global_masked_mean(high, mask))
-        metrics["clip_ratio/region_mean"].append(self._global_masked_mean(torch.maximum(low, high), mask))
+        metrics["gbpo/outside_bounds/low_mean"].append(self._global_masked_mean(low, mask))
+        metrics["gbpo/outside_bounds/high_mean"].append(self._global_masked_mean(high, mask))
+        metrics["gbpo/outside_bounds/region_mean"].append(self._global_masked_mean(torch.maximum(low, high), mask))
 
     # ------------------------------------------------------------------ benchmark evaluation during training
 
