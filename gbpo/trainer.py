@@ -22,13 +22,14 @@ from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import get_config_model_id, nanmax, nanmin
 
+from .checkpoints import ExactResumeMixin
 from .config import GBPOConfig
 from .loss import gbpo_advantages, gbpo_per_token_loss, importance_ratio, target_ratio
 
 __all__ = ["GBPOTrainer"]
 
 
-class GBPOTrainer(GRPOTrainer):
+class GBPOTrainer(ExactResumeMixin, GRPOTrainer):
     """Trainer for Group-relative Bounded Policy Optimization (GBPO).
 
     GBPO ("Bounded Ratio Reinforcement Learning", arXiv 2604.18578, 4.5 and 5.3) is BPO with GRPO's group-relative
