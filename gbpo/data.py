@@ -2,7 +2,9 @@
 
 ``load_benchmark("math500", levels=[1, 2])`` returns a :class:`datasets.Dataset` with a ``prompt`` column
 (a list of chat messages built by :func:`build_prompt`) and the gold ``answer`` as a string, plus the
-file's other columns (``id``, ``problem``, ``level``, ...). Training and evaluation both build prompts
+file's other columns (``id``, ``problem``, ``level``, ...). The gold answer is optional: test-time RL (the
+``majority_vote`` reward) needs only ``problem``, so a file without an ``answer`` column loads without one, and a
+row whose ``answer`` is ``null`` keeps ``None``. Training and evaluation both build prompts
 with :func:`build_prompt`, so they share one template.
 
 The bundled files live in the repository's top-level ``data/`` directory (see ``data/README.md``);
@@ -11,6 +13,7 @@ set the ``GBPO_DATA_DIR`` environment variable to read them from elsewhere.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,6 +98,21 @@ def _resolve(name: str) -> Path:
     )
 
 
+def _jsonl_error(path: Path) -> str | None:
+    """Where a JSON Lines file stops being valid: ``"line L, column C: <reason>"`` (1-based), or None."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                return f"line {number}, column {e.colno}: {e.msg}"
+            if not isinstance(row, dict):
+                return f"line {number}: a JSON {type(row).__name__}, not an object with a 'problem' key"
+    return None
+
+
 def _check_text(value, column: str, index: int, row: dict, path: Path) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
         row_id = f", id {row['id']!r}" if row.get("id") is not None else ""
@@ -114,8 +132,8 @@ def load_benchmark(
 
     Args:
         name: a bundled benchmark (``"aime24"``, ``"amc"``, ``"math500"``, ``"arithmetic"``) or the path to
-            a local ``.json``/``.jsonl``/``.parquet`` file with ``problem`` and ``answer`` columns (read with
-            :func:`datasets.load_dataset`, split ``"train"``).
+            a local ``.json``/``.jsonl``/``.parquet`` file with a ``problem`` column and, optionally, an ``answer``
+            column (read with :func:`datasets.load_dataset`, split ``"train"``).
         levels: keep only rows whose ``level`` is in ``levels`` (MATH levels, each in 1..5). The file must
             have a ``level`` column.
         limit: keep the first ``limit`` rows (after the level filter).
@@ -125,12 +143,14 @@ def load_benchmark(
     Returns:
         A :class:`datasets.Dataset` with ``prompt`` (from :func:`build_prompt`), ``answer`` (the gold answer
         as a string; numbers are converted with ``str``) and the file's other columns, ``problem``
-        included, in file order. A ``prompt`` column already in the file is replaced.
+        included, in file order. A ``prompt`` column already in the file is replaced. Unlabeled data: without
+        an ``answer`` column in the file there is none in the dataset; a ``null`` answer stays ``None``.
 
     Raises:
-        ValueError: unknown name, unsupported file type, missing ``problem``/``answer``/``level`` column,
-            a level outside 1..5, ``limit`` below 1, an empty or unreadable file, an empty ``problem`` or
-            ``answer`` in any row of the file, or no rows left after filtering.
+        ValueError: unknown name, unsupported file type, missing ``problem``/``level`` column, a level outside
+            1..5, ``limit`` below 1, an empty or unreadable file (for JSON Lines: the line and column where it
+            stops being valid JSON), an empty ``problem`` or an empty-string ``answer`` in any row of the file, or
+            no rows left after filtering.
     """
     path = _resolve(name)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -147,8 +167,11 @@ def load_benchmark(
     try:
         ds = datasets.load_dataset(loader, data_files=str(path), split="train")
     except Exception as e:  # datasets/pyarrow raise many types (and StopIteration) for unreadable files
+        where = _jsonl_error(path) if path.suffix.lower() == ".jsonl" else None
+        if where is not None:  # the row is what the user needs, not pyarrow's chained traceback
+            raise ValueError(f"{path} is not valid JSON Lines at {where}.") from None
         raise ValueError(f"Could not read {path} with datasets' {loader!r} loader: {type(e).__name__}: {e}") from e
-    required = ["problem", "answer"] + (["level"] if levels is not None else [])
+    required = ["problem"] + (["level"] if levels is not None else [])
     for column in required:
         if column not in ds.column_names:
             why = " (needed by the levels filter)" if column == "level" else ""
@@ -159,7 +182,8 @@ def load_benchmark(
         raise ValueError(f"{path} has no rows.")
     for index, row in enumerate(rows):
         row["problem"] = _check_text(row["problem"], "problem", index, row, path)
-        row["answer"] = _check_text(row["answer"], "answer", index, row, path)
+        if row.get("answer") is not None:  # unlabeled rows (no column, or null) keep no gold answer
+            row["answer"] = _check_text(row["answer"], "answer", index, row, path)
 
     if levels is not None:
         present = sorted({row["level"] for row in rows}, key=str)

@@ -157,7 +157,7 @@ def test_unsupported_suffix(tmp_path):
         load_benchmark(str(path))
 
 
-@pytest.mark.parametrize("column", ["problem", "answer"])
+@pytest.mark.parametrize("column", ["problem"])
 def test_missing_column_names_column_file_and_columns(tmp_path, column):
     rows = [{k: v for k, v in row.items() if k != column} for row in ROWS]
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
@@ -203,7 +203,6 @@ def test_empty_file(tmp_path):
     ("rows", "expected"),
     [
         ([ROWS[0], {"id": "q7", "problem": "p", "answer": ""}], r"Row 1, id 'q7'.*'answer'"),
-        ([ROWS[0], {"id": "q8", "problem": "p", "answer": None}], r"Row 1, id 'q8'.*'answer'"),
         ([{"problem": "  ", "answer": "1"}], r"Row 0 .*'problem'"),
         ([{"problem": "p", "answer": "1"}, {"problem": None, "answer": "2"}], r"Row 1 .*'problem'"),
     ],
@@ -212,6 +211,31 @@ def test_empty_problem_or_answer_names_row(tmp_path, rows, expected):
     path = write_jsonl(tmp_path / "holes.jsonl", rows)
     with pytest.raises(ValueError, match=expected):
         load_benchmark(str(path))
+
+
+def test_unlabeled_file_needs_only_problem(tmp_path):
+    """TTRL trains on problems without gold answers: no answer column in the file, none in the dataset."""
+    path = write_jsonl(tmp_path / "unlabeled.jsonl", [{"problem": "What is 1 + 1?"}, {"problem": "What is 2 + 5?"}])
+    ds = load_benchmark(str(path), instruction="")
+    assert ds.column_names == ["problem", "prompt"]
+    assert ds["prompt"] == [
+        [{"role": "user", "content": "What is 1 + 1?"}],
+        [{"role": "user", "content": "What is 2 + 5?"}],
+    ]
+
+
+def test_null_answer_is_an_unlabeled_row(tmp_path):
+    path = write_jsonl(tmp_path / "partly.jsonl", [ROWS[0], {"id": "q8", "problem": "p", "answer": None}])
+    assert load_benchmark(str(path))["answer"] == ["2", None]
+
+
+def test_malformed_jsonl_names_line_and_column(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps(ROWS[1]) + "\n" + '{"problem": "p", "answer" "3"}\n')
+    with pytest.raises(ValueError) as err:
+        load_benchmark(str(path))
+    assert f"{path} is not valid JSON Lines at line 3, column 27: Expecting ':' delimiter." == str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained pyarrow traceback
 
 
 # ---------------------------------------------------------------- arithmetic generator
