@@ -7,8 +7,9 @@ file's other columns (``id``, ``problem``, ``level``, ...). The gold answer is o
 row whose ``answer`` is ``null`` keeps ``None``. Training and evaluation both build prompts
 with :func:`build_prompt`, so they share one template.
 
-The bundled files live in the repository's top-level ``data/`` directory (see ``data/README.md``);
-set the ``GBPO_DATA_DIR`` environment variable to read them from elsewhere.
+The bundled files are package data, ``gbpo/benchmark_data/`` (see its ``README.md``; the repository's top-level
+``data/`` links to it), found with :mod:`importlib.resources`, so an installed wheel has them too. Set the
+``GBPO_DATA_DIR`` environment variable to read them from elsewhere.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import datasets
@@ -41,13 +43,20 @@ _MATH_LEVELS = range(1, 6)
 def data_dir() -> Path:
     """Directory holding the bundled benchmark files.
 
-    ``$GBPO_DATA_DIR`` when set, else the repository's top-level ``data/`` directory. Read on every call,
-    so the environment variable can be changed at run time.
+    ``$GBPO_DATA_DIR`` when set, else the package data directory ``benchmark_data`` of the installed ``gbpo``
+    (located with :func:`importlib.resources.files`). Read on every call, so the environment variable can be
+    changed at run time.
+
+    Raises:
+        ValueError: ``gbpo`` is installed in a form whose package data is not a directory (e.g. a zip file).
     """
     override = os.environ.get(DATA_DIR_ENV)
     if override:
         return Path(override).expanduser()
-    return Path(__file__).resolve().parent.parent / "data"
+    folder = resources.files("gbpo") / "benchmark_data"
+    if not isinstance(folder, Path):
+        raise ValueError(f"gbpo's benchmark data is not a directory ({folder}): set ${DATA_DIR_ENV} to one.")
+    return folder
 
 
 def benchmark_path(name: str) -> Path:
@@ -62,7 +71,7 @@ def benchmark_path(name: str) -> Path:
     if not path.is_file():
         raise ValueError(
             f"Benchmark {name!r} should be at {path}, but there is no such file "
-            f"(data directory from ${DATA_DIR_ENV} or the repository's data/)."
+            f"(data directory from ${DATA_DIR_ENV} or the package's benchmark_data/)."
         )
     return path
 
