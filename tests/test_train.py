@@ -291,3 +291,22 @@ def test_accuracy_reward_needs_gold_answers(tmp_path, capsys, tiny_model_dir):
     data.write_text("".join(json.dumps({"problem": f"What is {i} + 1?"}) + "\n" for i in range(4)))
     path = tiny_recipe(tmp_path, tiny_model_dir, dataset_name=str(data))
     assert_one_error(capsys, [path], "accuracy reward", "without 'answer'")
+
+
+def test_readme_api_example_runs_offline(tmp_path, tiny_model_dir, monkeypatch):
+    """The README's "Use it like TRL" example, as written, with the tiny model for the CPU default and 1 step."""
+    import gbpo.models
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Use it like TRL") :]
+    code = section[section.index("```python\n") + 10 : section.index("```\n", section.index("```python"))]
+    assert 'resolve_model("smollm2-135m")' in code and "max_steps=40" in code
+    resolved = []
+    monkeypatch.setattr(gbpo.models, "resolve_model", lambda name: resolved.append(name) or str(tiny_model_dir))
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(code.replace("max_steps=40", "max_steps=1"), namespace)
+    assert resolved == ["smollm2-135m"]
+    trainer = namespace["trainer"]
+    assert trainer.state.global_step == 1 and trainer.args.output_dir == "out"
+    assert "train_loss" in trainer.state.log_history[-1]
