@@ -193,7 +193,8 @@ class ExactResumeMixin:
         path = Path(checkpoint) / GENERATION_BUFFER.format(rank=self.accelerator.process_index)
         if not path.is_file():
             return
-        state = torch.load(path, map_location=self.accelerator.device, weights_only=False)
+        device = self.accelerator.device
+        state = torch.load(path, map_location="cpu" if device.type == "cpu" else device, weights_only=False)
         saved = (state["steps_per_generation"], state["num_iterations"])
         if saved != (self.args.steps_per_generation, self.num_iterations):
             raise ValueError(

@@ -152,8 +152,11 @@ def _user_keys(argv: list[str]) -> dict:
         if arg.startswith("--") and arg != "--config":
             key, _, value = arg[2:].partition("=")
             if not value:
-                value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else True
-            keys[key] = value
+                value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "true"
+            try:
+                keys[key] = yaml.safe_load(value)  # "1" -> 1, "true" -> True, as in a recipe
+            except yaml.YAMLError:
+                keys[key] = value
     return keys
 
 
