@@ -120,7 +120,7 @@ def training(args) -> None:
         out = Path(args.output_dir) / name
         command = [
             sys.executable, "-m", "gbpo.train", str(RECIPE), "--max_steps", str(args.max_steps),
-            "--output_dir", str(out), "--save_strategy", "no", *TRAINING_RUNS[name],
+            "--output_dir", str(out), "--overwrite_output_dir", "true", "--save_strategy", "no", *TRAINING_RUNS[name],
         ]  # fmt: skip
         print("$", " ".join(command), flush=True)
         start = time.perf_counter()

@@ -22,8 +22,10 @@ from trl import GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import get_config_model_id, nanmax, nanmin
 
+from .checkpoints import ExactResumeMixin
 from .config import GBPOConfig
 from .loss import gbpo_advantages, gbpo_per_token_loss, importance_ratio, target_ratio
+from .model_card import ModelCardMixin
 from .vllm_cpu import (
     adapt_vllm_generation,
     configure_cpu_environment,
@@ -35,7 +37,7 @@ from .vllm_cpu import (
 __all__ = ["GBPOTrainer"]
 
 
-class GBPOTrainer(GRPOTrainer):
+class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
     """Trainer for Group-relative Bounded Policy Optimization (GBPO).
 
     GBPO ("Bounded Ratio Reinforcement Learning", arXiv 2604.18578, 4.5 and 5.3) is BPO with GRPO's group-relative
@@ -65,6 +67,12 @@ class GBPOTrainer(GRPOTrainer):
 
     _tag_names = ["trl", "gbpo"]
     _name = "GBPO"
+    _paper = {  # the model card's method paper (see gbpo/model_card.py)
+        "title": "Bounded Ratio Reinforcement Learning",
+        "id": "2604.18578",
+        "citation": "@misc{gbpo2026,\n    title         = {{Bounded Ratio Reinforcement Learning}},\n"
+        "    eprint        = {2604.18578},\n    archivePrefix = {arXiv},\n}",
+    }
 
     def __init__(
         self,
