@@ -253,7 +253,8 @@ class GBPOTrainer(GRPOTrainer):
         return metrics
 
     def _evaluate_benchmarks(self, prefix: str) -> dict[str, float]:
-        from .evaluate import compute_metrics, default_ks, evaluate
+        from .evaluation import compute_metrics, default_ks
+        from .evaluation import evaluate_benchmarks as evaluate
 
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         shards = {

@@ -10,7 +10,7 @@ import pytest
 from gbpo.evaluate import (
     compute_metrics,
     default_ks,
-    evaluate,
+    evaluate_benchmarks,
     load_model,
     main,
     maj_at_k,
@@ -218,19 +218,20 @@ def test_evaluate_api_restores_train_mode_padding_and_rng(tiny_model_dir, tmp_pa
     rng = torch.get_rng_state()
     kwargs = dict(num_samples=3, temperature=0.6, top_p=0.95, max_new_tokens=6, seed=3, batch_size=4, progress=False)
     benchmarks = {"probs": load_benchmark(str(path))}
-    first = evaluate(model, tokenizer, benchmarks, **kwargs)
+    first = evaluate_benchmarks(model, tokenizer, benchmarks, **kwargs)
     assert model.training and tokenizer.padding_side == "right" and not model.model.layers[0].training
     assert model.model.layers[1].training
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(p.grad is None for p in model.parameters())
     assert first["benchmarks"]["probs"]["metrics"]["ks"] == [1, 2, 3]
-    again = evaluate(model, tokenizer, [str(path)], **kwargs)  # by file name: the same prompts, the same seed
+    # by file name: the same prompts, the same seed
+    again = evaluate_benchmarks(model, tokenizer, [str(path)], **kwargs)
     samples = [r["samples"] for r in first["benchmarks"]["probs"]["records"]]
     assert [r["samples"] for r in again["benchmarks"]["probs"]["records"]] == samples
     with pytest.raises(ValueError, match="larger than the number of samples"):
-        evaluate(model, tokenizer, benchmarks, **kwargs | {"num_samples": 2}, ks=[4])
+        evaluate_benchmarks(model, tokenizer, benchmarks, **kwargs | {"num_samples": 2}, ks=[4])
     with pytest.raises(ValueError, match="lacks column"):
-        evaluate(model, tokenizer, {"x": datasets.Dataset.from_list([{"prompt": "hi"}])}, **kwargs)
+        evaluate_benchmarks(model, tokenizer, {"x": datasets.Dataset.from_list([{"prompt": "hi"}])}, **kwargs)
     assert model.training and tokenizer.padding_side == "right"
 
 
