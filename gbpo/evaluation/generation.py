@@ -99,14 +99,33 @@ def _generate_transformers(
     return out  # type: ignore[return-value]
 
 
+def _vllm_on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
 def _generate_vllm(
     llm, tokenizer, prompts: list[str], *, num_samples, temperature, top_p, max_new_tokens, seed, progress
 ) -> list[list[Sample]]:
+    """``num_samples`` samples per prompt from a ``vllm.LLM`` in one ``generate`` call (``SamplingParams(n=...)``).
+
+    Seeding: on a GPU each request carries ``seed``. vLLM's CPU backend rejects per-request seeds with top-p sampling
+    ("CPU Generator does not use offset"), and its in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) samples
+    from the global torch RNG, so on CPU the call runs under a forked torch RNG seeded with ``seed``: the same seed
+    gives the same samples, and the caller's RNG state is left as it was.
+    """
+    import torch
     from vllm import SamplingParams
 
-    params = SamplingParams(n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
+    on_cpu = _vllm_on_cpu()
+    params = SamplingParams(
+        n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=None if on_cpu else seed
+    )
     token_prompts = [{"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
-    outputs = llm.generate(token_prompts, params, use_tqdm=progress)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        outputs = llm.generate(token_prompts, params, use_tqdm=progress)
     return [[(o.text, len(o.token_ids), o.finish_reason == "length") for o in req.outputs] for req in outputs]
 
 

@@ -71,7 +71,17 @@ def load_model(model: str, *, dtype: str = "auto", device: str | None = None):
 
 
 def _load_vllm(path: str, *, seed: int, dtype: str):
-    """``(vllm.LLM, tokenizer)`` for ``path``; a PEFT adapter is merged into a temporary directory first."""
+    """``(vllm.LLM, tokenizer)`` for ``path``; a PEFT adapter is merged into a temporary directory first.
+
+    ``seed`` seeds the engine (vLLM's CPU backend cannot seed single requests). Without CUDA, vLLM runs in this
+    process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the environment sets it), as its CPU backend needs.
+    """
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     import vllm
     from transformers import AutoTokenizer
 
