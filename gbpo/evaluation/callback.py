@@ -151,7 +151,9 @@ class BenchmarkEvalCallback(TrainerCallback):
         if not freq or state.global_step % freq != 0:
             return
         metrics = self.evaluate()
+        should_log = control.should_log  # the trainer's own logging of this step, which `on_log` below switches off
         Trainer.log(self.trainer, dict(metrics))
+        control.should_log = should_log
 
     # ------------------------------------------------------------------ evaluation
 
