@@ -50,7 +50,7 @@ class GBPOScriptArguments:
         system_prompt: an optional system message before each problem.
         instruction: the line after each problem (default: the standard step-by-step ``\\boxed{}`` instruction).
         reward_funcs: ``majority_vote`` (TTRL: no labels) and/or ``accuracy`` (against the gold ``answer``).
-        eval_benchmarks: benchmarks evaluated every ``eval_steps`` during training (needs ``eval_strategy: steps``).
+        eval_benchmarks: benchmarks evaluated every ``eval_steps`` during training (needs ``eval_steps``).
         eval_limit: evaluate only the first N problems of each.
         answer_fallback_last_number: a completion with no ``\\boxed{}`` answers with its last number.
         vllm_optional: with ``use_vllm: true``, fall back to transformers generation when vLLM is not installed.
@@ -76,7 +76,7 @@ class GBPOScriptArguments:
     eval_benchmarks: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Benchmarks (names or files) evaluated every eval_steps (set eval_strategy: steps): logs "
+            "help": "Benchmarks (names or files) evaluated every eval_steps (set eval_steps: N): logs "
             "eval/<name>/pass@1 and maj@k. Same prompt template as training."
         },
     )
@@ -271,6 +271,7 @@ def main(argv: list[str] | None = None):
 
     from .checkpoints import PreemptionCallback, resolve_resume
     from .data import load_benchmark
+    from .evaluation.callback import BenchmarkEvalCallback
     from .models import resolve_model
     from .trainer import GBPOTrainer
 
@@ -313,9 +314,9 @@ def main(argv: list[str] | None = None):
         _needs_answers(dataset, f"The accuracy reward (reward_funcs) on {script_args.dataset_name}")
     eval_benchmarks = None
     if script_args.eval_benchmarks:
-        if training_args.eval_strategy == "no":
+        if training_args.eval_steps is None:
             raise ValueError(
-                "eval_benchmarks is set but eval_strategy is 'no': set eval_strategy: steps and eval_steps: N."
+                "eval_benchmarks is set but eval_steps is not: set eval_steps: N to evaluate every N steps."
             )
         eval_benchmarks = {
             Path(name).stem: load_benchmark(
@@ -336,10 +337,11 @@ def main(argv: list[str] | None = None):
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        eval_benchmarks=eval_benchmarks,
     )
     trainer.model_card_base_model = model_args.model_name_or_path
     trainer.model_card_recipe = {k: v for k, v in user_keys.items() if k != "overwrite_output_dir"}
+    if eval_benchmarks:
+        trainer.add_callback(BenchmarkEvalCallback(trainer, eval_benchmarks))
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
     trainer.train(resume_from_checkpoint=resume)

@@ -6,20 +6,15 @@ PEFT, DeepSpeed, logging and checkpoints are inherited unchanged. The hooks that
 * `_calculate_rewards` keeps TRL's rewards, gathered over every process, and `_generate_and_score_completions` turns
   them into the per-completion target ratios ``r*`` (and GBPO's advantages, equal to TRL's), so groups split across
   ranks see their whole group; it also applies vote-N/train-M (``num_train_generations``);
-* `_compute_loss` computes GBPO's loss when ``loss_type == "gbpo"`` and defers to TRL for every other loss type;
-* `evaluate` adds the benchmark evaluation (pass@1, maj@k) of ``eval_benchmarks`` to TRL's.
+* `_compute_loss` computes GBPO's loss when ``loss_type == "gbpo"`` and defers to TRL for every other loss type.
+
+Benchmark evaluation during training is a callback, `gbpo.evaluation.callback.BenchmarkEvalCallback`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
-from accelerate.utils import gather_object
-from datasets import Dataset
-from transformers import Trainer
 from trl import GRPOTrainer
-from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import get_config_model_id, nanmax, nanmin
 
 from .checkpoints import ExactResumeMixin
@@ -54,15 +49,11 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
     sign). TRL's ``clip_ratio/*`` counts tokens whose clip is active for the advantage's sign; GBPO has no clip, so it
     does not log them (a TRL ``loss_type`` logs TRL's own).
 
-    Benchmark evaluation during training: with ``eval_benchmarks`` (``{name: dataset}`` with ``prompt`` and ``answer``
-    columns, e.g. from `gbpo.data.load_benchmark`) every evaluation (``eval_strategy``/``eval_steps``) samples
-    ``args.eval_num_samples`` completions per problem and logs ``eval/<name>/pass@1`` (avg@k) and ``eval/<name>/maj@k``
-    to the configured trackers; problems are split over the processes. The training state (model mode, RNG, logged
-    training metrics) is left as it was.
+    Benchmark evaluation during training (pass@k, maj@k every ``eval_steps``): add a
+    `gbpo.evaluation.callback.BenchmarkEvalCallback` with ``trainer.add_callback``.
 
     Args:
         model, reward_funcs, args, **kwargs: as `trl.GRPOTrainer`; ``args`` defaults to a `GBPOConfig`.
-        eval_benchmarks: benchmarks to evaluate every ``eval_steps``, by name.
     """
 
     _tag_names = ["trl", "gbpo"]
@@ -79,26 +70,17 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         model,
         reward_funcs,
         args: GBPOConfig | None = None,
-        eval_benchmarks: Mapping[str, Dataset] | None = None,
         **kwargs,
     ):
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = GBPOConfig(f"{model_name.split('/')[-1]}-GBPO")
-        self.eval_benchmarks = dict(eval_benchmarks or {})
-        eval_strategy = args.eval_strategy
-        if self.eval_benchmarks and kwargs.get("eval_dataset") is None:
-            # Benchmarks are evaluated by `evaluate` below; the Trainer's check for an eval_dataset does not apply.
-            args.eval_strategy = "no"
         cpu_colocate = args.use_vllm and args.vllm_mode == "colocate" and vllm_platform_is_cpu()
         if cpu_colocate:
             configure_cpu_environment()
         enforce_eager = cpu_colocate if args.vllm_enforce_eager is None else args.vllm_enforce_eager
-        try:
-            with vllm_engine_options(args.vllm_dtype, enforce_eager or None):
-                super().__init__(model, reward_funcs, args=args, **kwargs)
-        finally:
-            args.eval_strategy = eval_strategy
+        with vllm_engine_options(args.vllm_dtype, enforce_eager or None):
+            super().__init__(model, reward_funcs, args=args, **kwargs)
         if cpu_colocate:
             # TRL's colocated weight sync assumes a GPU build of vLLM; on a CPU it goes through vLLM's reload.
             adapt_vllm_generation(self.vllm_generation)
@@ -268,58 +250,3 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         metrics["gbpo/outside_bounds/low_mean"].append(self._global_masked_mean(low, mask))
         metrics["gbpo/outside_bounds/high_mean"].append(self._global_masked_mean(high, mask))
         metrics["gbpo/outside_bounds/region_mean"].append(self._global_masked_mean(torch.maximum(low, high), mask))
-
-    # ------------------------------------------------------------------ benchmark evaluation during training
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        """TRL's evaluation of ``eval_dataset`` (if any), then the benchmarks of ``eval_benchmarks`` (if any)."""
-        metrics = {}
-        if eval_dataset is not None or self.eval_dataset is not None:
-            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        if self.eval_benchmarks:
-            benchmark_metrics = self._evaluate_benchmarks(metric_key_prefix)
-            # Trainer.log, not GRPOTrainer.log: the latter would flush the training metrics gathered so far.
-            Trainer.log(self, dict(benchmark_metrics))
-            metrics.update(benchmark_metrics)
-            if eval_dataset is None and self.eval_dataset is None:
-                # What Trainer.evaluate does at its end: callbacks see the metrics, and the evaluation is marked done.
-                self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
-    def _evaluate_benchmarks(self, prefix: str) -> dict[str, float]:
-        from .evaluate import compute_metrics, default_ks, evaluate
-
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        shards = {
-            name: dataset.shard(num_shards=world, index=rank, contiguous=True) if world > 1 else dataset
-            for name, dataset in self.eval_benchmarks.items()
-        }
-        args = self.args
-        with unwrap_model_for_generation(
-            self.model_wrapped, self.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation
-        ) as unwrapped:
-            result = evaluate(
-                unwrapped,
-                self.processing_class,
-                shards,
-                num_samples=args.eval_num_samples,
-                temperature=args.eval_temperature,
-                top_p=args.eval_top_p,
-                max_new_tokens=args.eval_max_new_tokens or args.max_completion_length,
-                seed=args.seed + self.state.global_step,
-                batch_size=args.per_device_eval_batch_size * args.eval_num_samples,
-                fallback_last_number=args.eval_fallback_last_number,
-                progress=False,
-            )
-        ks = default_ks(args.eval_num_samples)
-        metrics = {}
-        for name in self.eval_benchmarks:
-            records = result["benchmarks"][name]["records"]
-            records = [r for part in gather_object([records]) for r in part] if world > 1 else records
-            scores = compute_metrics(records, ks)
-            metrics[f"{prefix}/{name}/pass@1"] = scores["pass@1"]
-            for k in ks:
-                metrics[f"{prefix}/{name}/maj@{k}"] = scores[f"maj@{k}"]
-                if k > 1:
-                    metrics[f"{prefix}/{name}/pass@{k}"] = scores[f"pass@{k}"]
-        return metrics
