@@ -68,6 +68,7 @@ __all__ = [
     "clear_grading_caches",
     "configure_grading",
     "extract_answer",
+    "grading_deadline",
     "grading_stats",
     "majority_vote",
     "shutdown_grading_pool",
@@ -1039,7 +1040,16 @@ def _local_decision(a: _Canon, b: _Canon) -> bool | None:
     return None
 
 
-def answers_equivalent(gold: str, predicted: str | None) -> bool:
+def grading_deadline() -> float:
+    """A deadline (``time.monotonic()`` seconds) ``batch_deadline_s`` from now, to share across several calls.
+
+    Give it to every `majority_vote` / `answers_equivalent` call of one reward call (a whole generation batch), so that
+    symbolic work for the whole batch is bounded by one deadline instead of one per group.
+    """
+    return time.monotonic() + _CONFIG["batch_deadline_s"]
+
+
+def answers_equivalent(gold: str, predicted: str | None, *, deadline: float | None = None) -> bool:
     """Whether ``predicted`` is an answer equivalent to ``gold``.
 
     Canonical keys and exact numbers decide first (``142.0`` = ``142``, ``\\frac{284}{2}`` = ``142``, ``1,000`` =
@@ -1050,6 +1060,8 @@ def answers_equivalent(gold: str, predicted: str | None) -> bool:
     Args:
         gold: the reference answer (e.g. a dataset's ``answer`` column).
         predicted: an extracted answer, or None when the completion gave none.
+        deadline: a shared deadline from `grading_deadline` (default: ``batch_deadline_s`` from now); past it the
+            symbolic comparison is not attempted and the keys decide.
 
     Returns:
         True when equivalent; False when not, when ``predicted`` is None, or when either answer is empty.
@@ -1070,7 +1082,7 @@ def answers_equivalent(gold: str, predicted: str | None) -> bool:
     if local is not None:
         _count("key_decisions")
         return local
-    return _symbolic_pairs([(a, b)], time.monotonic() + _CONFIG["batch_deadline_s"])[0]
+    return _symbolic_pairs([(a, b)], grading_deadline() if deadline is None else deadline)[0]
 
 
 @dataclass(frozen=True)
@@ -1090,7 +1102,7 @@ class Vote:
     winners: list[bool]
 
 
-def majority_vote(answers: Iterable[str | None]) -> Vote:
+def majority_vote(answers: Iterable[str | None], *, deadline: float | None = None) -> Vote:
     """Majority vote over equivalent answers (the TTRL pseudo-label).
 
     Answers are merged into classes by canonical key and exact value, then by symbolic equivalence between class
@@ -1099,14 +1111,22 @@ def majority_vote(answers: Iterable[str | None]) -> Vote:
 
     Args:
         answers: one extracted answer per completion (str, or None for a completion without an answer); any iterable.
+        deadline: a deadline from `grading_deadline` shared by every vote of one reward call (default: one of
+            ``batch_deadline_s`` for this vote alone); symbolic merges not done by then fall back to the keys.
 
     Returns:
         A :class:`Vote`; when every answer is None: ``Vote(None, 0.0, [False] * len(answers))``.
 
     Raises:
         ValueError: ``answers`` is empty.
-        TypeError: an answer is neither a string nor None (names its index and type).
+        TypeError: ``answers`` is None or a single string rather than an iterable of answers, or an answer is neither a
+            string nor None (names its index and type).
     """
+    if answers is None or isinstance(answers, str):
+        raise TypeError(
+            f"majority_vote: answers must be an iterable of answers (str or None, one per completion), got "
+            f"{type(answers).__name__}; pass e.g. [extract_answer(text) for text in completions]"
+        )
     answers = list(answers)
     if not answers:
         raise ValueError("majority_vote: answers is empty; a vote needs at least one answer (None for unanswered)")
@@ -1162,7 +1182,7 @@ def majority_vote(answers: Iterable[str | None]) -> Vote:
             _count("pair_cap", len(pending) - cap)
             logger.warning("majority_vote: %d symbolic pairs over the cap of %d use keys only", len(pending) - cap, cap)
             pending = pending[:cap]
-        deadline = time.monotonic() + _CONFIG["batch_deadline_s"]
+        deadline = grading_deadline() if deadline is None else deadline
         verdicts = _symbolic_pairs([(canons[g], canons[p]) for g, p in pending], deadline)
         for (g, p), same in zip(pending, verdicts, strict=True):
             if same:

@@ -13,7 +13,7 @@ from typing import Any
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from .grading import answers_equivalent, extract_answer, majority_vote
+from .grading import answers_equivalent, extract_answer, grading_deadline, majority_vote
 
 __all__ = ["AccuracyReward", "MajorityVoteReward", "accuracy_reward", "completion_text"]
 
@@ -120,13 +120,14 @@ class MajorityVoteReward:
                 f"num_generations={g}: set the reward's num_generations to the trainer's."
             )
         rewards, ratios, labels = [], [], []
+        deadline = grading_deadline()  # one bound on symbolic grading for the whole batch, not one per group
         for start in range(0, len(answers), g):
             if len(set(prompt_keys[start : start + g])) != 1:
                 raise ValueError(
                     f"majority_vote: completions {start}..{start + g - 1} do not share one prompt, so they are not one "
                     f"group of num_generations={g}: set the reward's num_generations to the trainer's."
                 )
-            vote = majority_vote(answers[start : start + g])
+            vote = majority_vote(answers[start : start + g], deadline=deadline)
             rewards.extend(1.0 if won else 0.0 for won in vote.winners)
             ratios.append(vote.ratio)
             labels.append(vote.label)
@@ -134,13 +135,13 @@ class MajorityVoteReward:
         if log_metric is not None:
             log_metric("ttrl/majority_ratio", sum(ratios) / len(ratios))
             if answer is not None:
-                self._log_gold_metrics(log_metric, answer, answers, labels, rewards, state)
+                self._log_gold_metrics(log_metric, answer, answers, labels, rewards, state, deadline)
 
         local = len(completions)
         start = state.process_index * local if state.num_processes > 1 else 0
         return rewards[start : start + local]
 
-    def _log_gold_metrics(self, log_metric, answer, answers, labels, rewards, state):
+    def _log_gold_metrics(self, log_metric, answer, answers, labels, rewards, state, deadline):
         # Only for logging, after the rewards are fixed: the gold answer never reaches them.
         gold = [str(a) for a in answer]
         if state.num_processes > 1:
@@ -148,11 +149,12 @@ class MajorityVoteReward:
         g = self.num_generations
         group_gold = gold[::g]
         label_right = [
-            label is not None and answers_equivalent(gold_answer, label)
+            label is not None and answers_equivalent(gold_answer, label, deadline=deadline)
             for gold_answer, label in zip(group_gold, labels, strict=True)
         ]
         true_rewards = [
-            float(a is not None and answers_equivalent(group_gold[i // g], a)) for i, a in enumerate(answers)
+            float(a is not None and answers_equivalent(group_gold[i // g], a, deadline=deadline))
+            for i, a in enumerate(answers)
         ]
         log_metric("ttrl/label_accuracy", sum(label_right) / len(label_right))
         log_metric(

@@ -89,3 +89,43 @@ def test_completion_text():
     assert completion_text(conv("chat")) == "chat"
     with pytest.raises(TypeError, match="int"):
         completion_text(3)
+
+
+def test_one_grading_deadline_bounds_the_whole_reward_call(monkeypatch):
+    """Symbolic work that would run to each group's deadline: with one deadline for the whole reward call, 6 groups of
+    symbolic-only answers take about one deadline (0.5 s), not six; past the deadline the keys decide."""
+    import time
+
+    import gbpo.grading as grading
+
+    deadlines = []
+
+    def slow_symbolic_pairs(pairs, deadline):
+        deadlines.append(deadline)
+        time.sleep(max(0.0, deadline - time.monotonic()))  # busy until the deadline, then the keys decide
+        return [False] * len(pairs)
+
+    monkeypatch.setattr(grading, "_symbolic_pairs", slow_symbolic_pairs)
+    previous = grading.configure_grading(batch_deadline_s=0.5)["batch_deadline_s"]
+    try:
+        groups = 6
+        prompts = [[{"role": "user", "content": f"Simplify expression {i}"}] for i in range(groups) for _ in range(2)]
+        completions = [conv(f"\\boxed{{x^{i} + y}}") if j == 0 else conv(f"\\boxed{{y + x^{i}}}")
+                       for i in range(groups) for j in range(2)]  # fmt: skip
+        start = time.monotonic()
+        rewards = MajorityVoteReward(num_generations=2)(prompts=prompts, completions=completions)
+        elapsed = time.monotonic() - start
+    finally:
+        grading.configure_grading(batch_deadline_s=previous)
+    assert len(deadlines) == groups and len(set(deadlines)) == 1  # every group got the call's one deadline
+    assert elapsed < 0.5 * 3, elapsed  # per-group deadlines would take 6 x 0.5 s
+    assert rewards == [1.0, 0.0] * groups  # unresolved pairs stay apart: the first answer of each group wins
+
+
+def test_majority_vote_of_none_is_a_clear_type_error():
+    from gbpo.grading import majority_vote
+
+    with pytest.raises(TypeError, match="answers must be an iterable of answers"):
+        majority_vote(None)
+    with pytest.raises(TypeError, match="got str"):
+        majority_vote("42")
