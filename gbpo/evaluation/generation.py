@@ -113,20 +113,27 @@ def _generate_vllm(
     Seeding: on a GPU each request carries ``seed``. vLLM's CPU backend rejects per-request seeds with top-p sampling
     ("CPU Generator does not use offset"), and its in-process engine (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) samples
     from the global torch RNG, so on CPU the call runs under a forked torch RNG seeded with ``seed``: the same seed
-    gives the same samples, and the caller's RNG state is left as it was.
+    gives the same samples, and the caller's RNG state is left as it was. Greedy decoding (``temperature == 0``)
+    asks vLLM for one sample per prompt (it rejects ``n > 1`` there) and repeats it ``num_samples`` times.
     """
     import torch
     from vllm import SamplingParams
 
     on_cpu = _vllm_on_cpu()
+    greedy = temperature == 0  # vLLM rejects n > 1 with greedy sampling: one sample, repeated
     params = SamplingParams(
-        n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=None if on_cpu else seed
+        n=1 if greedy else num_samples,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_new_tokens,
+        seed=None if on_cpu else seed,
     )
     token_prompts = [{"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         outputs = llm.generate(token_prompts, params, use_tqdm=progress)
-    return [[(o.text, len(o.token_ids), o.finish_reason == "length") for o in req.outputs] for req in outputs]
+    samples = [[(o.text, len(o.token_ids), o.finish_reason == "length") for o in req.outputs] for req in outputs]
+    return [s * num_samples for s in samples] if greedy else samples
 
 
 def _is_vllm(model) -> bool:
