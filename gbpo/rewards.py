@@ -68,7 +68,8 @@ accuracy_reward = AccuracyReward()
 
 
 class MajorityVoteReward:
-    """TTRL reward (GBPO.md 4; TTRL, arXiv 2504.16084): majority vote over each prompt's group as the pseudo-label.
+    """TTRL reward (TTRL, arXiv 2504.16084; docs/algorithm.md, "TTRL: rewards without labels"): majority vote over
+    each prompt's group as the pseudo-label.
 
     The final answers of a prompt's ``num_generations`` completions vote (answer equivalence via `gbpo.grading`, not
     string equality); a completion earns 1.0 when its answer is in the winning class, else 0.0 (no answer, or a
