@@ -97,6 +97,7 @@ def test_one_grading_deadline_bounds_the_whole_reward_call(monkeypatch):
     import time
 
     import gbpo.grading as grading
+    import gbpo.grading.voting as voting
 
     deadlines = []
 
@@ -105,7 +106,7 @@ def test_one_grading_deadline_bounds_the_whole_reward_call(monkeypatch):
         time.sleep(max(0.0, deadline - time.monotonic()))  # busy until the deadline, then the keys decide
         return [False] * len(pairs)
 
-    monkeypatch.setattr(grading, "_symbolic_pairs", slow_symbolic_pairs)
+    monkeypatch.setattr(voting, "_symbolic_pairs", slow_symbolic_pairs)
     previous = grading.configure_grading(batch_deadline_s=0.5)["batch_deadline_s"]
     try:
         groups = 6
