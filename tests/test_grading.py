@@ -168,7 +168,7 @@ def test_extract_rejects_non_strings():
         ("(C)", "C", None),
         ("\\textbf{(C)}", "C", None),
         ("\\text{(b)}", "B", None),
-        ("\\text{Evelyn}", "Evelyn", None),
+        ("\\text{Evelyn}", "evelyn", None),  # text answers compare without case
         ("11\\sqrt2", "11\\sqrt{2}", None),
         ("x \\in [-2, 7]", "[-2,7]", None),
         ("y = -2x", "-2x", None),

@@ -45,6 +45,47 @@ _THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:(?:,|\s)\d{3})+(?:\.\d+)?$")
 _SINGLE_BRACE_RE = re.compile(r"([\^_])\{\s*([A-Za-z0-9])\s*\}")
 _BRACE_CMD_RE = re.compile(r"\\(frac|binom|sqrt)(?![A-Za-z])")
 
+_DOUBLED_CMD_RE = re.compile(
+    r"\\\\(?=(?:le|ge|leq|geq|lt|gt|neq|ne|frac|dfrac|tfrac|sqrt|left|right|pi|cdot|times|infty|in|cup|cap|text|pm)"
+    r"(?![A-Za-z]))"
+)
+_TRIG_RE = re.compile(r"\\(?:sin|cos|tan|cot|sec|csc)(?![A-Za-z])")
+_TRIG_DEGREES_RE = re.compile(
+    r"(\d+(?:\.\d+)?)\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![A-Za-z])|\\degree(?![A-Za-z]))"
+)
+_WORDS_RE = re.compile(r"[A-Za-z][A-Za-z' \-]*")
+_NUMBER_WORDS = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+        "seventeen eighteen nineteen".split()
+    )
+}
+_NUMBER_WORDS.update(
+    {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
+)
+_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9}
+
+
+def _number_in_words(text: str) -> int | None:
+    """``twenty-one`` -> 21, ``one hundred and five`` -> 105; None unless the whole text is a number in words."""
+    total = current = 0
+    words = [w for w in re.split(r"[\s\-]+", text.lower()) if w and w != "and"]
+    if not words:
+        return None
+    for w in words:
+        if w in _NUMBER_WORDS:
+            current += _NUMBER_WORDS[w]
+        elif w == "hundred":
+            current = (current or 1) * 100
+        elif w in _SCALES:
+            total += (current or 1) * _SCALES[w]
+            current = 0
+        else:
+            return None
+    return total + current
+
+
 _INT = r"[+-]?\d+"
 _DEC = r"[+-]?(?:\d+\.?\d*|\.\d+)"
 _NUM_PLAIN_RE = re.compile(_DEC)
@@ -65,6 +106,7 @@ class _Canon(NamedTuple):
     clean: str  # the same normalisation with spaces kept: what math-verify parses
     number: Fraction | None  # exact value of a plain number
     screen: str | None  # why sympy must not see this answer (None: it may)
+    full: str  # ``clean`` with a stripped ``y =`` / ``x \\in`` prefix put back (what an equation is compared with)
 
 
 def _brace_args(s: str) -> str:
@@ -124,9 +166,12 @@ def _strip_outer_braces(s: str) -> str:
     return s
 
 
-def _normalize(s: str) -> str:
-    """The common normalisation of an answer (spaces collapsed, not removed)."""
+def _normalize(s: str) -> tuple[str, str]:
+    """The common normalisation of an answer (spaces collapsed, not removed), and the ``y =`` prefix it stripped."""
     s = s.translate(_UNICODE).strip()
+    s = s.replace("**", "^")  # x**2 is x^2
+    if "\\begin" not in s:  # \\le written for \le (doubly escaped LaTeX); a real line break is not before a command
+        s = _DOUBLED_CMD_RE.sub(r"\\", s)
     # a box inside the answer, math delimiters, dollars
     for _ in range(3):
         m = re.match(r"^\\(?:boxed|fbox)\s*\{", s)
@@ -138,11 +183,14 @@ def _normalize(s: str) -> str:
     s = re.sub(r"\\(?:left|right|[bB]igg?[lr]?)(?![A-Za-z])\s*\.?", "", s)
     s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
     s = re.sub(r"\\[dt]binom(?![A-Za-z])", r"\\binom", s)
-    # degrees and percent
+    # degrees: inside a trigonometric function a value in degrees (sin 30° = 1/2), elsewhere a unit to drop
+    if _TRIG_RE.search(s):
+        s = _TRIG_DEGREES_RE.sub(r"(\1\\pi/180)", s)
     s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![A-Za-z])|\\degree(?![A-Za-z])", "", s)
     s = re.sub(r"\\?%", "", s)
     # thin spaces and thousands separators
-    s = s.replace("{,}", ",")
+    s = re.sub(r"\s*\{\s*,\s*\}\s*", ",", s)  # 10{,}455 and 14 {, }916: a thousands separator
+    s = re.sub(r"\{\s*\.\s*\}", ".", s)  # 3{.}5
     s = re.sub(r",\s*\\!\s*", ",", s)
     s = s.replace("\\!", "")
     s = re.sub(r"\\\\|\\[,;: ]|\\q?quad(?![A-Za-z])|~", lambda m: m.group(0) if m.group(0) == "\\\\" else " ", s)
@@ -161,8 +209,10 @@ def _normalize(s: str) -> str:
         rest = s[m.end() :].strip()
         s = rest if rest else m.group("letter").upper()
     # x = 3, y = 2x + 1, x \in [-2, 7]
+    prefix = ""
     m = _VAR_PREFIX_RE.match(s)
     if m and "=" not in m.group("rest") and not s.startswith(("\\text", "\\frac", "\\sqrt", "\\pi")):
+        prefix = s[: m.start("rest")].strip()
         s = m.group("rest").strip()
     s = _brace_args(s)
     s = _SINGLE_BRACE_RE.sub(r"\1\2", s)
@@ -174,7 +224,7 @@ def _normalize(s: str) -> str:
         s = s[1:].strip()
     if s.startswith("(") and s.endswith(")") and _NUM_PLAIN_RE.fullmatch(s[1:-1].strip()):
         s = s[1:-1].strip()  # (5) -> 5
-    return s
+    return s, prefix
 
 
 def _to_fraction(key: str) -> Fraction | None:
@@ -332,10 +382,16 @@ def _canon(answer: str) -> _Canon:
     """Canonical key, cleaned text, exact value and screen verdict of one answer (cached: pure function)."""
     if len(answer) > _MAX_LEN:
         key = re.sub(r"\s+", "", answer)
-        return _Canon(key, answer, None, "overlong")
-    clean = _normalize(answer)
-    key = re.sub(r"\s+", "", clean)
-    key = _TEXT_UNWRAP_RE.sub(lambda m: m.group(1), key)  # \text{Evelyn} and Evelyn share a key
+        return _Canon(key, answer, None, "overlong", answer)
+    clean, prefix = _normalize(answer)
+    words = _TEXT_UNWRAP_RE.sub(lambda m: m.group(1), clean).strip()
+    key = re.sub(r"\s+", "", words)  # \text{Evelyn} and Evelyn share a key
     number = _to_fraction(key)
+    if number is None and _WORDS_RE.fullmatch(words):
+        value = _number_in_words(words)
+        if value is not None:
+            number = Fraction(value)  # three = 3, twenty-one = 21
+        elif len(key) >= 3:
+            key = key.lower()  # text answers: Even = even (single letters keep their case: E is not e)
     screen = None if number is not None else _screen(clean)
-    return _Canon(key, clean, number, screen)
+    return _Canon(key, clean, number, screen, f"{prefix} {clean}" if prefix else clean)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import decimal
 import logging
+import re
 import time
 from collections.abc import Iterable
 from fractions import Fraction
@@ -14,6 +15,10 @@ from .pool import _CONFIG, _count, _run_tasks
 
 logger = logging.getLogger("gbpo.grading")
 
+_EQUATION_RE = re.compile(r"(?<![<>!=])=(?!=)")
+_DECIMAL_RE = re.compile(r"[+-]?(\d*)\.(\d+)")
+_FLOAT_DIGITS = 13
+_FLOAT_TOL = Fraction(1, 10**12)
 _SIG_CACHE: dict[str, tuple] = {}
 _PAIR_CACHE: dict[tuple[str, str], bool] = {}
 _CACHE_LIMIT = 200_000
@@ -87,9 +92,24 @@ def _fetch_signatures(canons: Iterable[_Canon], deadline: float) -> None:
             _store(_SIG_CACHE, s, ("fail",))  # a timeout or crash: it would time out again
 
 
+def _is_equation(c: _Canon) -> bool:
+    return _EQUATION_RE.search(c.clean) is not None
+
+
+def _align(a: _Canon, b: _Canon) -> tuple[_Canon, _Canon]:
+    """An equation is compared with an equation: ``2x+4y-3=0`` against ``y = -x/2 + 3/4`` keeps the ``y =`` that the
+    canonical form strips from answers like ``y = 3``."""
+    if _is_equation(a) and b.full != b.clean and not _is_equation(b):
+        b = b._replace(clean=b.full, number=None)
+    elif _is_equation(b) and a.full != a.clean and not _is_equation(a):
+        a = a._replace(clean=a.full, number=None)
+    return a, b
+
+
 def _symbolic_pairs(pairs: list[tuple[_Canon, _Canon]], deadline: float) -> list[bool]:
     """Decide pairs (gold first) that keys and exact values could not; key-only (False) on any failure."""
     try:
+        pairs = [_align(a, b) for a, b in pairs]
         _fetch_signatures([c for pair in pairs for c in pair], deadline)
         decided: list[bool | None] = [_decide_by_signature(_signature(a), _signature(b)) for a, b in pairs]
         need: list[tuple[str, str]] = []
@@ -113,12 +133,28 @@ def _symbolic_pairs(pairs: list[tuple[_Canon, _Canon]], deadline: float) -> list
         return [False] * len(pairs)
 
 
+def _float_printout(key: str) -> bool:
+    """A decimal with 13 or more significant digits, as a program prints a float."""
+    m = _DECIMAL_RE.fullmatch(key)
+    return m is not None and len((m.group(1) + m.group(2)).lstrip("0")) >= _FLOAT_DIGITS
+
+
 def _local_decision(a: _Canon, b: _Canon) -> bool | None:
-    """Equivalence from keys and exact values alone, or None when symbolic work is needed."""
+    """Equivalence from keys and exact values alone, or None when symbolic work is needed.
+
+    Two plain numbers are equal when their exact values are; a decimal written with 13 or more significant digits (a
+    float printed by a program: ``0.0833333333333333``) is instead compared to 1e-12 relative, the tolerance of the
+    symbolic comparison, so it equals ``\\frac{1}{12}`` as ``0.8660254037844386`` equals ``\\frac{\\sqrt3}{2}``; a
+    rounded answer such as ``0.333333`` is still not ``1/3``.
+    """
     if a.key == b.key:
         return True
     if a.number is not None and b.number is not None:
-        return a.number == b.number
+        if a.number == b.number:
+            return True
+        if _float_printout(a.key) or _float_printout(b.key):
+            return abs(a.number - b.number) <= _FLOAT_TOL * max(abs(a.number), abs(b.number))
+        return False
     if a.screen is not None or b.screen is not None:
         if a.screen is not None:
             _count("screened")

@@ -50,6 +50,8 @@ def _worker_signature(s: str) -> tuple:
     expr = next((p for p in parsed if not isinstance(p, str)), None)
     if expr is None:
         return ("none",)
+    if isinstance(expr, (sympy.MatrixBase, sympy.MatrixExpr)):
+        return ("sym", "matrix")  # sympy.N recurses without end on an unevaluated matrix sum or product
     if isinstance(expr, sympy.Expr) and not isinstance(expr, sympy.Tuple):
         kind = "num" if expr.is_number else "fp"
         target = expr
@@ -71,7 +73,8 @@ def _worker_verify(gold: str, pred: str) -> bool:
     g, p = _worker_parse(gold), _worker_parse(pred)
     if not g or not p:
         return False
-    return bool(verify(g, p, timeout_seconds=None))
+    # an interval and the inequality that describes it are one answer, whichever is the gold
+    return bool(verify(g, p, timeout_seconds=None, allow_set_relation_comp=True))
 
 
 def _worker_block(seconds: float) -> None:
