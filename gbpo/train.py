@@ -53,6 +53,8 @@ class GBPOScriptArguments:
         eval_benchmarks: benchmarks evaluated every ``eval_steps`` during training (needs ``eval_steps``).
         eval_limit: evaluate only the first N problems of each.
         answer_fallback_last_number: a completion with no ``\\boxed{}`` answers with its last number.
+        answer_extraction: ``strict`` (the last ``\\boxed{}``) or ``lenient`` (also unboxed answers); see
+            `gbpo.grading.extract_answer`.
         vllm_optional: with ``use_vllm: true``, fall back to transformers generation when vLLM is not installed.
         overwrite_output_dir: start afresh in an ``output_dir`` that holds an earlier run, deleting its
             checkpoints, metrics and model files first (without it, such a directory is an error unless resuming).
@@ -84,6 +86,14 @@ class GBPOScriptArguments:
     answer_fallback_last_number: bool = field(
         default=False,
         metadata={"help": "Use a completion's last number as its answer when it has no \\boxed{}."},
+    )
+    answer_extraction: str = field(
+        default="strict",
+        metadata={
+            "help": "How the rewards read a completion's answer: strict (the last \\boxed{}) or lenient (also the "
+            "answer after 'final answer is', the last math, the last number).",
+            "choices": ["strict", "lenient"],
+        },
     )
     vllm_optional: bool = field(
         default=False,
@@ -121,9 +131,17 @@ def build_reward_funcs(script_args: GBPOScriptArguments, training_args: GBPOConf
     funcs = []
     for name in script_args.reward_funcs:
         if name == "majority_vote":
-            funcs.append(MajorityVoteReward(training_args.num_generations, script_args.answer_fallback_last_number))
+            funcs.append(
+                MajorityVoteReward(
+                    training_args.num_generations,
+                    script_args.answer_fallback_last_number,
+                    answer_extraction=script_args.answer_extraction,
+                )
+            )
         elif name == "accuracy":
-            funcs.append(AccuracyReward(script_args.answer_fallback_last_number))
+            funcs.append(
+                AccuracyReward(script_args.answer_fallback_last_number, answer_extraction=script_args.answer_extraction)
+            )
         else:
             raise ValueError(f"Unknown reward in reward_funcs: {name!r}. Known rewards: {REWARDS}.")
     return funcs
