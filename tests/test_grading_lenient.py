@@ -101,3 +101,23 @@ def test_lenient_is_keyword_only_and_checks_its_input():
         extract_answer("\\boxed{1}", False, True)
     with pytest.raises(TypeError, match="completion"):
         extract_answer(None, lenient=True)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\\[" * 20000,  # unclosed display math, 20000 times: no quadratic rescans
+        "\\(" * 20000 + "x",
+        "$$ x" + "a" * 100000,
+        "answer is $x$. " * 10000,  # many anchors and spans
+        "Therefore $x$ is 1. " * 10000,
+        "Final answer: " + "x is " * 20000,
+    ],
+    ids=["brackets", "parens", "dollars", "anchors", "conclusions", "is-chain"],
+)
+def test_lenient_extraction_stays_linear_on_long_adversarial_text(text):
+    import time
+
+    start = time.monotonic()
+    extract_answer(text, lenient=True)
+    assert time.monotonic() - start < 2.0  # a hang guard (quadratic scans took ~9 s here), not a speed target

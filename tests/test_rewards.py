@@ -226,3 +226,16 @@ def test_accuracy_reward_says_it_needs_the_answer_column():
         ValueError, match="empty .None or blank. for 2 completion.s. of this batch, the first at index 1"
     ):
         AccuracyReward()(completions=["\\boxed{1}"] * 3, answer=["1", None, float("nan")])
+
+
+def test_recipe_key_answer_extraction_reaches_the_rewards():
+    from gbpo import GBPOConfig
+    from gbpo.train import GBPOScriptArguments, build_reward_funcs
+
+    args = GBPOConfig(output_dir="unused", num_generations=4, use_cpu=True, bf16=False, report_to=[])
+    default = build_reward_funcs(GBPOScriptArguments(reward_funcs=["majority_vote", "accuracy"]), args)
+    assert [f.answer_extraction for f in default] == ["strict", "strict"]
+    script = GBPOScriptArguments(reward_funcs=["majority_vote", "accuracy"], answer_extraction="lenient")
+    majority, accuracy = build_reward_funcs(script, args)
+    assert majority(prompts=["What is 7 + 5?"] * 4, completions=UNBOXED) == [1.0, 1.0, 1.0, 0.0]
+    assert accuracy(completions=UNBOXED, answer=["12"] * 4) == [1.0, 1.0, 1.0, 0.0]

@@ -4,6 +4,7 @@ number)."""
 
 from __future__ import annotations
 
+import bisect
 import re
 
 __all__ = ["extract_answer"]
@@ -36,10 +37,10 @@ def _match_brace(s: str, open_idx: int) -> int | None:
 # lenient extraction: an anchor phrase, math spans, a last number written the way prose writes it
 _ANCHOR_RE = re.compile(r"(?i)\b(?:final\s+answer(?:\s+is)?|answer\s+is|answer\s*:)\s*:?")
 _MATH_RE = re.compile(
-    r"(?<!\\)\$\$(?P<dd>.+?)(?<!\\)\$\$"  # $$ display $$ (may span lines)
-    r"|(?<!\\)\\\[(?P<db>.+?)(?<!\\)\\\]"  # \[ display \]
+    r"(?<!\\)\$\$(?P<dd>(?:[^$]|\$(?!\$))+?)\$\$"  # $$ display $$ (may span lines)
+    r"|(?<!\\)\\\[(?P<db>(?:[^\\]|\\(?![\[\]]))+?)\\\]"  # \[ display \] (content never opens another: linear)
     r"|(?<![\\$])\$(?!\$)(?P<d>(?:\\\$|[^$\n])+?)(?<!\\)\$"  # $ inline $ (one line)
-    r"|(?<!\\)\\\((?P<p>.+?)(?<!\\)\\\)",  # \( inline \)
+    r"|(?<!\\)\\\((?P<p>(?:[^\\]|\\(?![()]))+?)\\\)",  # \( inline \)
     re.S,
 )
 _SENTENCE_END_RE = re.compile(r"\.(?=\s|$)|\n\s*\n|(?i:\bI hope\b)|<\|")
@@ -101,7 +102,9 @@ def _math_content(match: re.Match) -> str:
 
 
 def _in_span(pos: int, spans: list[re.Match]) -> bool:
-    return any(m.start() <= pos < m.end() for m in spans)
+    """Whether ``pos`` is inside one of ``spans`` (non-overlapping, in text order): a binary search."""
+    i = bisect.bisect_right(spans, pos, key=lambda m: m.start()) - 1
+    return i >= 0 and pos < spans[i].end()
 
 
 def _is_bare(text: str) -> bool:
@@ -118,11 +121,11 @@ def _after_anchor(text: str, start: int, spans: list[re.Match], strong: bool) ->
         stop = _SENTENCE_END_RE.search(text, pos)
         if stop is None:
             break
-        covering = next((m for m in spans if m.start() <= stop.start() < m.end()), None)
-        if covering is None:
+        i = bisect.bisect_right(spans, stop.start(), key=lambda m: m.start()) - 1
+        if i < 0 or stop.start() >= spans[i].end():
             end = stop.start()
             break
-        pos = covering.end()
+        pos = spans[i].end()
     inside = [m for m in spans if m.start() >= start and m.end() <= end]
     cut = start
     for m in _IS_RE.finditer(text, start, end):
@@ -145,23 +148,32 @@ def _after_anchor(text: str, start: int, spans: list[re.Match], strong: bool) ->
     return (_math_content(before[-1]) or None) if before else None
 
 
+def _last_outside(pattern: re.Pattern, text: str, spans: list[re.Match]) -> re.Match | None:
+    """The last match of ``pattern`` that does not start inside a math span."""
+    last = None
+    for m in pattern.finditer(text):
+        if not _in_span(m.start(), spans):
+            last = m
+    return last
+
+
 def _lenient(text: str) -> str | None:
     stripped = text.strip()
     spans = list(_MATH_RE.finditer(text))
     if stripped and not spans and _is_bare(stripped):
         return stripped
-    anchors = [m for m in _ANCHOR_RE.finditer(text) if not _in_span(m.start(), spans)]
-    if anchors:
-        answer = _after_anchor(text, anchors[-1].end(), spans, strong=True)
+    anchor = _last_outside(_ANCHOR_RE, text, spans)
+    if anchor:
+        answer = _after_anchor(text, anchor.end(), spans, strong=True)
         if answer:
             return answer
     last_math = next((c for c in (_math_content(m) for m in reversed(spans)) if c), None)
-    conclusions = [m for m in _CONCLUSION_RE.finditer(text) if not _in_span(m.start(), spans)]
-    if conclusions:
-        sentence_end = _SENTENCE_END_RE.search(text, conclusions[-1].end())
+    conclusion = _last_outside(_CONCLUSION_RE, text, spans)
+    if conclusion:
+        sentence_end = _SENTENCE_END_RE.search(text, conclusion.end())
         # the concluding sentence answers when no math comes after it
-        if not any(m.start() >= (sentence_end.start() if sentence_end else len(text)) for m in spans):
-            answer = _after_anchor(text, conclusions[-1].end(), spans, strong=False)
+        if not spans or spans[-1].start() < (sentence_end.start() if sentence_end else len(text)):
+            answer = _after_anchor(text, conclusion.end(), spans, strong=False)
             if answer:
                 return answer
     if last_math:
