@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 
 from trl import GRPOConfig
 
+from .grading.extraction import ANSWER_EXTRACTION
 from .loss import TARGET_BASELINES, _check_epsilons, _check_temperature
 from .vllm_cpu import VLLM_DTYPES
 
@@ -57,6 +58,10 @@ class GBPOConfig(GRPOConfig):
             Sampling of the benchmark evaluation that runs every `eval_steps` when the trainer is given
             `eval_benchmarks` (TTRL validates with 16 samples at temperature 0.6, top_p 0.95); it logs
             `eval/<benchmark>/pass@1` (the mean over the samples) and `eval/<benchmark>/maj@k`.
+        eval_answer_extraction (`str`, defaults to `"lenient"`):
+            How that evaluation reads a sample's answer, as `python -m gbpo.evaluate --answer-extraction`: `"lenient"`
+            also reads unboxed answers ("final answer is", the last math, the last number), `"strict"` only the last
+            `\\boxed{}` (what the TTRL reward reads by default).
         vllm_dtype (`str`, defaults to `"auto"`), vllm_enforce_eager (`bool`, *optional*):
             Options of the colocated vLLM engine that TRL does not expose (gbpo/vllm_cpu.py): the generation dtype, and
             whether to skip vLLM's torch.compile warm-up (default: skipped on a CPU build of vLLM).
@@ -134,6 +139,14 @@ class GBPOConfig(GRPOConfig):
         default=False,
         metadata={"help": "Benchmark evaluation during training: an unboxed sample answers with its last number."},
     )
+    eval_answer_extraction: str = field(
+        default="lenient",
+        metadata={
+            "help": "Benchmark evaluation during training: 'lenient' (default, as gbpo.evaluate: also unboxed answers) "
+            "or 'strict' (the last \\boxed{} only).",
+            "choices": ["strict", "lenient"],
+        },
+    )
 
     vllm_dtype: str = field(
         default="auto",
@@ -151,6 +164,10 @@ class GBPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        if self.eval_answer_extraction not in ANSWER_EXTRACTION:
+            raise ValueError(
+                f"eval_answer_extraction must be one of {ANSWER_EXTRACTION}, got {self.eval_answer_extraction!r}."
+            )
         if self.epsilon is None:
             self.epsilon = GBPO_EPSILON if self.loss_type == "gbpo" else TRL_EPSILON
         super().__post_init__()

@@ -14,11 +14,9 @@ from typing import Any
 from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from .grading import answers_equivalent, extract_answer, grading_deadline, majority_vote
+from .grading import ANSWER_EXTRACTION, answers_equivalent, extract_answer, grading_deadline, majority_vote
 
 __all__ = ["AccuracyReward", "MajorityVoteReward", "accuracy_reward", "completion_text"]
-
-ANSWER_EXTRACTION = ("strict", "lenient")
 
 
 def _answer_reader(fallback_last_number: bool, answer_extraction: str, owner: str) -> Callable[[Any], str | None]:

@@ -41,11 +41,16 @@ def expected_metrics(records, n: int, ks) -> dict[str, float]:
     return expected
 
 
-def check_metrics_independently(records, metrics, n: int, fallback_last_number: bool, prefix: str = "") -> None:
-    """Re-grade every record and compare ``metrics`` (keys ``prefix + "pass@k"`` / ``"maj@k"``) with a recomputation."""
+def check_metrics_independently(
+    records, metrics, n: int, fallback_last_number: bool, prefix: str = "", lenient: bool = True
+) -> None:
+    """Re-grade every record and compare ``metrics`` (keys ``prefix + "pass@k"`` / ``"maj@k"``) with a recomputation.
+
+    ``lenient``: the extraction the evaluation used (its default, ``answer_extraction="lenient"``, is True)."""
     for r in records:
         assert len(r["samples"]) == n
-        assert r["extracted"] == [extract_answer(s, fallback_last_number=fallback_last_number) for s in r["samples"]]
+        read = [extract_answer(s, fallback_last_number=fallback_last_number, lenient=lenient) for s in r["samples"]]
+        assert r["extracted"] == read
         assert r["correct"] == [answers_equivalent(r["answer"], a) for a in r["extracted"]]
     ks = [int(key.rsplit("@", 1)[1]) for key in metrics if key.startswith(prefix + "maj@")]
     assert ks, f"no maj@k among {sorted(metrics)}"

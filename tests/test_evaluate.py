@@ -152,7 +152,7 @@ def test_graded_samples_to_metrics_by_hand():
         # 1 of 4; maj@4: 10 vs 4, 1 - 1, 10 seen first
         ("10", ["\\boxed{10}", "y", "z", "\\boxed{4}"]),
     ]
-    records = [{"answer": gold, **_score_problem(gold, texts, [1, 2, 4], False)} for gold, texts in problems]
+    records = [{"answer": gold, **_score_problem(gold, texts, [1, 2, 4], False, "strict")} for gold, texts in problems]
     assert [r["num_correct"] for r in records] == [1, 2, 1]
     assert records[0]["extracted"] == ["3", "5", "5", None]
     m = compute_metrics(records, [1, 2, 4])
@@ -162,6 +162,39 @@ def test_graded_samples_to_metrics_by_hand():
     assert m["pass@4"] == 1.0
     assert (m["maj@1"], m["maj@2"]) == (1.0, 1.0) and m["maj@4"] == pytest.approx(2 / 3)
     assert m["answered_rate"] == pytest.approx(9 / 12)
+
+
+def test_lenient_extraction_is_the_default_and_strict_reads_boxes_only():
+    """The evaluation reads unboxed answers by default (like the Qwen2.5-Math evaluator); strict reads boxes only."""
+    from gbpo.evaluation.metrics import _score_problem
+
+    gold = "10455"
+    texts = [
+        "So the total is 10455 marbles. The final answer is $10{,}455$.",  # anchor + math: 10455
+        "We get \\[ x = 10455 \\]",  # last display math: x = 10455
+        "\\boxed{10455}",  # boxed: read by both
+        "It is 7, I think.",  # last number: 7
+    ]
+    lenient = _score_problem(gold, texts, [1, 4], False)
+    assert lenient["correct"] == [True, True, True, False]
+    assert lenient["votes"]["4"]["correct"] and lenient["votes"]["4"]["ratio"] == pytest.approx(3 / 4)
+    strict = _score_problem(gold, texts, [1, 4], False, "strict")
+    assert strict["extracted"] == [None, None, "10455", None]
+    assert strict["num_correct"] == 1 and not strict["votes"]["1"]["correct"] and strict["votes"]["4"]["correct"]
+    # strict + last number reads the last number of an unboxed completion, not its anchored answer
+    assert _score_problem(gold, texts, [1], True, "strict")["extracted"] == ["455", "10455", "10455", "7"]
+
+
+def test_answer_extraction_rejects_an_unknown_mode(capsys):
+    with pytest.raises(ValueError, match="answer_extraction must be one of"):
+        evaluate_benchmarks(None, None, ["arithmetic"], answer_extraction="loose")
+    with pytest.raises(SystemExit):
+        main(["--model", "x", "--answer-extraction", "loose"])
+    assert "--answer-extraction: invalid choice: 'loose'" in capsys.readouterr().err
+    from gbpo import GBPOConfig
+
+    with pytest.raises(ValueError, match="eval_answer_extraction must be one of"):
+        GBPOConfig(output_dir="/tmp/unused", eval_answer_extraction="loose")
 
 
 def test_reference_rows_by_model_id():
@@ -198,6 +231,7 @@ def two_runs(tiny_model_dir, tmp_path_factory):
 
 def test_end_to_end_writes_results_summary_and_plot(two_runs):
     out, results = two_runs[0]
+    assert results["config"]["answer_extraction"] == "lenient"  # the default, like other evaluators
     assert {p.name for p in out.iterdir()} >= {"results.json", "summary.md", "pass_at_k.png"}
     assert (out / "pass_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "results.json").read_text())

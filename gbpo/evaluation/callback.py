@@ -20,7 +20,7 @@ from accelerate.utils import gather_object
 from transformers import Trainer, TrainerCallback
 
 from .generation import _load_named, evaluate_benchmarks
-from .metrics import _check_int, _check_ks, compute_metrics, default_ks
+from .metrics import _check_int, _check_ks, check_answer_extraction, compute_metrics, default_ks
 
 __all__ = ["BenchmarkEvalCallback"]
 
@@ -95,9 +95,10 @@ class BenchmarkEvalCallback(TrainerCallback):
             `gbpo.data.load_benchmark`), or a list of benchmark names/files.
         eval_steps: evaluate every this many optimizer steps; default the trainer's ``eval_steps`` (a fraction of
             the run is allowed there, as in `TrainingArguments`).
-        num_samples, temperature, top_p, max_new_tokens, fallback_last_number: sampling and grading; default the
-            config's ``eval_num_samples`` (else 4), ``eval_temperature`` (0.6), ``eval_top_p`` (0.95),
-            ``eval_max_new_tokens`` (else ``max_completion_length``), ``eval_fallback_last_number`` (False).
+        num_samples, temperature, top_p, max_new_tokens, fallback_last_number, answer_extraction: sampling and
+            grading; default the config's ``eval_num_samples`` (else 4), ``eval_temperature`` (0.6), ``eval_top_p``
+            (0.95), ``eval_max_new_tokens`` (else ``max_completion_length``), ``eval_fallback_last_number`` (False),
+            ``eval_answer_extraction`` (``"lenient"``, see `gbpo.evaluation.evaluate_benchmarks`).
         batch_size: sequences per transformers ``generate`` call; default
             ``per_device_eval_batch_size * num_samples``.
         prefix: the metric name prefix.
@@ -118,6 +119,7 @@ class BenchmarkEvalCallback(TrainerCallback):
         top_p: float | None = None,
         max_new_tokens: int | None = None,
         fallback_last_number: bool | None = None,
+        answer_extraction: str | None = None,
         batch_size: int | None = None,
         prefix: str = "eval",
     ):
@@ -141,6 +143,9 @@ class BenchmarkEvalCallback(TrainerCallback):
         self.top_p = top_p if top_p is not None else getattr(args, "eval_top_p", 0.95)
         self.max_new_tokens = default(max_new_tokens, "eval_max_new_tokens", args.max_completion_length)
         self.fallback_last_number = bool(default(fallback_last_number, "eval_fallback_last_number", False))
+        self.answer_extraction = check_answer_extraction(
+            default(answer_extraction, "eval_answer_extraction", "lenient"), "answer_extraction"
+        )
         self.batch_size = batch_size or args.per_device_eval_batch_size * self.num_samples
         self.ks = _check_ks(None, self.num_samples)
         self.prefix = prefix
@@ -188,6 +193,7 @@ class BenchmarkEvalCallback(TrainerCallback):
             seed=args.seed + trainer.state.global_step,
             batch_size=self.batch_size,
             fallback_last_number=self.fallback_last_number,
+            answer_extraction=self.answer_extraction,
             ks=self.ks,
             progress=False,
         )

@@ -91,6 +91,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction", default=INSTRUCTION, help="the line after each problem (training's default)")
     p.add_argument("--system-prompt", help="optional system message")
     p.add_argument("--fallback-last-number", action="store_true", help="grade unboxed completions by their last number")
+    p.add_argument(
+        "--answer-extraction",
+        choices=["strict", "lenient"],
+        default="lenient",
+        help="lenient (default, like the Qwen2.5-Math and lm-evaluation-harness evaluators): a completion without "
+        "\\boxed{} answers after 'final answer is'/'answer:', else with its last math, else its last number; "
+        "strict: the last \\boxed{} only",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call (transformers backend)")
     p.add_argument("--backend", choices=["auto", "vllm", "transformers"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
@@ -199,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         seed=args.seed,
         batch_size=args.batch_size,
         fallback_last_number=args.fallback_last_number,
+        answer_extraction=args.answer_extraction,
         ks=args.ks,
         progress=not args.quiet,
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import BENCHMARKS, load_benchmark
-from .metrics import _check_int, _check_ks, _score_problem, compute_metrics
+from .metrics import _check_int, _check_ks, _score_problem, check_answer_extraction, compute_metrics
 
 __all__ = ["evaluate_benchmarks"]
 
@@ -195,6 +195,7 @@ def evaluate_benchmarks(
     seed: int = 0,
     batch_size: int = 64,
     fallback_last_number: bool = False,
+    answer_extraction: str = "lenient",
     ks: Sequence[int] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -221,7 +222,12 @@ def evaluate_benchmarks(
         max_new_tokens: generated tokens per completion (>= 1).
         seed: seed of the sampling RNG.
         batch_size: sequences per ``generate`` call (transformers backend; >= 1).
-        fallback_last_number: grade a completion without ``\\boxed{}`` by its last number.
+        fallback_last_number: grade a completion without ``\\boxed{}`` by its last number (strict extraction;
+            lenient extraction already ends with the last number).
+        answer_extraction: ``"lenient"`` (default, like the Qwen2.5-Math and lm-evaluation-harness evaluators: a
+            completion without ``\\boxed{}`` is read after "final answer is"/"answer:", else by its last math, else
+            by its last number; several boxes closing it are one answer set) or ``"strict"`` (the last box only, as
+            the TTRL reward by default). See :func:`gbpo.grading.extract_answer`.
         ks: the k values for pass@k and maj@k (default :func:`default_ks`), each in 1..num_samples.
         progress: show a tqdm progress bar.
 
@@ -246,6 +252,7 @@ def evaluate_benchmarks(
         raise ValueError(f"temperature must be >= 0, got {temperature!r}.")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}.")
+    check_answer_extraction(answer_extraction)
     ks = _check_ks(ks, num_samples)
     named = _load_named(benchmarks)
     vllm = _is_vllm(model)
@@ -258,6 +265,7 @@ def evaluate_benchmarks(
         "seed": seed,
         "batch_size": batch_size,
         "fallback_last_number": fallback_last_number,
+        "answer_extraction": answer_extraction,
         "ks": ks,
     }
     started = time.monotonic()
@@ -292,7 +300,7 @@ def evaluate_benchmarks(
                     prompt_text=prompt_text,
                     answer=gold,
                     samples=texts,
-                    **_score_problem(gold, texts, ks, fallback_last_number),
+                    **_score_problem(gold, texts, ks, fallback_last_number, answer_extraction),
                     completion_tokens=[n_tokens for _, n_tokens, _ in outs],
                     truncated=[cut for _, _, cut in outs],
                 )

@@ -9,7 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..grading import Vote, answers_equivalent, extract_answer, majority_vote
+from ..grading import ANSWER_EXTRACTION, Vote, answers_equivalent, extract_answer, majority_vote
 
 __all__ = ["compute_metrics", "default_ks", "maj_at_k", "mean_ci95", "pass_at_k"]
 
@@ -126,8 +126,23 @@ def _check_ks(ks: Sequence[int] | None, num_samples: int) -> list[int]:
     return ks
 
 
-def _score_problem(gold: str, texts: list[str], ks: list[int], fallback_last_number: bool) -> dict[str, Any]:
-    extracted = [extract_answer(t, fallback_last_number=fallback_last_number) for t in texts]
+def check_answer_extraction(value: str, key: str = "answer_extraction") -> str:
+    """Validate an answer-extraction mode: ``"strict"`` (boxed answers only) or ``"lenient"`` (see
+    :func:`gbpo.grading.extract_answer`).
+
+    Raises:
+        ValueError: any other value, naming ``key`` and the allowed modes.
+    """
+    if value not in ANSWER_EXTRACTION:
+        raise ValueError(f"{key} must be one of {', '.join(ANSWER_EXTRACTION)}, got {value!r}.")
+    return value
+
+
+def _score_problem(
+    gold: str, texts: list[str], ks: list[int], fallback_last_number: bool, answer_extraction: str = "lenient"
+) -> dict[str, Any]:
+    lenient = answer_extraction == "lenient"
+    extracted = [extract_answer(t, fallback_last_number=fallback_last_number, lenient=lenient) for t in texts]
     correct = [answers_equivalent(gold, a) for a in extracted]
     by_answer = {a: ok for a, ok in zip(extracted, correct, strict=True) if a is not None}
     votes = {}

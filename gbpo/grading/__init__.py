@@ -50,11 +50,12 @@ by all threads of a process (one batch at a time), is recreated in a forked chil
 """
 
 from .equivalence import answers_equivalent, clear_grading_caches, grading_deadline
-from .extraction import extract_answer
+from .extraction import ANSWER_EXTRACTION, extract_answer
 from .pool import configure_grading, grading_stats, shutdown_grading_pool
 from .voting import Vote, majority_vote
 
 __all__ = [
+    "ANSWER_EXTRACTION",
     "Vote",
     "answers_equivalent",
     "clear_grading_caches",

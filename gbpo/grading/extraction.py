@@ -182,6 +182,9 @@ def _lenient(text: str) -> str | None:
     return numbers[-1].strip() if numbers else None
 
 
+ANSWER_EXTRACTION = ("strict", "lenient")  # the modes of extract_answer: lenient=False / lenient=True
+
+
 def extract_answer(completion: str, fallback_last_number: bool = False, *, lenient: bool = False) -> str | None:
     """The final answer of a completion: the content of its last ``\\boxed{...}`` or ``\\fbox{...}``.
 
