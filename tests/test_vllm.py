@@ -115,6 +115,24 @@ def test_colocated_engine_follows_the_trained_weights(tmp_path, vllm_model_dir, 
     assert_engine_follows_training(record, synced_step)
 
 
+def test_benchmark_evaluation_generates_with_the_synced_colocated_engine(tmp_path, vllm_model_dir):
+    """BenchmarkEvalCallback during a vLLM run: at step 3 the engine holds step 2's weights; the callback pushes step
+    3's before it generates (the engine ends at step 3's weights), and its greedy answers are the trained model's."""
+    evaluation = {"eval_benchmarks": ["arithmetic"], "eval_limit": 2, "eval_steps": 3, "eval_num_samples": 1}
+    evaluation |= {"eval_temperature": 0.0, "eval_max_new_tokens": 8}
+    recipe_path = recipe(tmp_path, vllm_model_dir, **evaluation)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, str(SCRIPT), str(tmp_path), str(vllm_model_dir), str(recipe_path)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-6000:]
+    (record,) = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("rank*.json"))]
+    # only the callback's engine lookup syncs at step 3 (no generation follows it): without it the engine holds step 2
+    assert_engine_follows_training(record, synced_step=3)
+    evals = [entry for entry in record["log_history"] if "eval/arithmetic/pass@1" in entry]
+    assert [entry["step"] for entry in evals] == [3]
+    assert 0.0 <= evals[0]["eval/arithmetic/pass@1"] <= 1.0
+
+
 def test_two_processes_each_engine_follows_and_votes_see_whole_groups(tmp_path, vllm_model_dir):
     from gbpo.rewards import MajorityVoteReward
 
