@@ -15,6 +15,7 @@ Timed, in one run:
   (so it includes starting the pool);
 * warm pool: the same with the pool running but the caches cleared;
 * warm: the same again (pool running, caches filled: the steady state of a training run that revisits answers);
+* lenient: the same votes with ``extract_answer(c, lenient=True)`` (pool running; the unboxed completions now answer);
 * naive: each completion parsed whole with ``math_verify.parse``, then a majority over classes built by pairwise
   ``math_verify.verify`` against each class's first member (math-verify's own timeouts, ``--baseline-timeout``
   seconds, in the main thread).
@@ -242,6 +243,10 @@ def main() -> None:
     warm, votes_again = timed(grade_all, groups)
     assert votes == votes_again
     extract_only, _ = timed(lambda: [[extract_answer(c) for c in t] for _, t in groups])
+    lenient_only, _ = timed(lambda: [[extract_answer(c, lenient=True) for c in t] for _, t in groups])
+    lenient, lenient_votes = timed(
+        lambda: [majority_vote(extract_answer(c, lenient=True) for c in t) for _, t in groups]
+    )
 
     label_right = sum(
         v.label is not None and answers_equivalent(gold, v.label) for (gold, _), v in zip(groups, votes, strict=True)
@@ -249,10 +254,16 @@ def main() -> None:
     print(f"gbpo.grading cold (pool start, empty caches): {cold:7.3f} s")
     print(f"gbpo.grading warm pool, cleared caches:       {warm_pool:7.3f} s   (workers keep their parse caches)")
     print(f"gbpo.grading warm (pool and caches warm):     {warm:7.3f} s   (extraction alone {extract_only:.3f} s)")
+    print(f"gbpo.grading lenient extraction (pool warm):  {lenient:7.3f} s   (extraction alone {lenient_only:.3f} s)")
     cold_stats = {k: s1[k] - s0[k] for k in s1 if s1[k] != s0[k]}
     print(f"  cold run: {cold_stats}")
     print(f"  labels equivalent to gold: {label_right}/{len(groups)}")
     print(f"  mean majority ratio: {sum(v.ratio for v in votes) / len(votes):.3f}")
+    lenient_right = sum(
+        v.label is not None and answers_equivalent(gold, v.label)
+        for (gold, _), v in zip(groups, lenient_votes, strict=True)
+    )
+    print(f"  lenient: labels equivalent to gold {lenient_right}/{len(groups)}")
 
     if args.skip_baseline:
         return

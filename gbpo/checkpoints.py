@@ -1,13 +1,20 @@
-"""Runs that survive preemption: a checkpoint on SIGTERM, and resuming only from complete checkpoints.
+"""Runs that survive preemption: a checkpoint on SIGTERM, exact resume at any step, only complete checkpoints.
 
 Schedulers (SLURM, Kubernetes, spot instances) preempt with SIGTERM and a grace period. :class:`PreemptionCallback`
 turns SIGTERM into "save a checkpoint at the end of this step, then stop"; `gbpo.train` then exits with status 143
 and ``--resume_from_checkpoint true`` continues from it with the same global step, optimizer, scheduler and RNG state.
 
+TRL's `GRPOTrainer` generates once every ``steps_per_generation * num_iterations`` optimizer micro-steps and trains
+on a buffer of that generation batch in between (``_buffered_inputs``, indexed by its micro-step counter ``_step``).
+Neither is part of a Trainer checkpoint, so a run resumed mid-cycle would generate a fresh batch where the
+uninterrupted run reuses the buffered one. :class:`ExactResumeMixin` saves both with every checkpoint (one file per
+process, ``generation_buffer_<rank>.pt``) and restores them on resume, so a resumed run continues exactly as the
+uninterrupted one, mid-cycle included.
+
 The Trainer writes ``trainer_state.json`` last when it saves a checkpoint, so a checkpoint directory without it was
 cut off mid-save. :func:`last_complete_checkpoint` skips such a directory and renames it out of the way
-(``checkpoint-N.incomplete``), so that neither resuming nor the Trainer's checkpoint rotation ever takes it for the
-latest one; nothing is deleted.
+(``incomplete-checkpoint-N``, outside the ``checkpoint-*`` names that resuming and the Trainer's checkpoint rotation
+look at), so it is never taken for the latest one, never counted by ``save_total_limit`` and never deleted.
 """
 
 from __future__ import annotations
@@ -23,11 +30,20 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-__all__ = ["PreemptionCallback", "is_complete_checkpoint", "last_complete_checkpoint", "resolve_resume"]
+__all__ = [
+    "ExactResumeMixin",
+    "PreemptionCallback",
+    "is_complete_checkpoint",
+    "last_complete_checkpoint",
+    "resolve_resume",
+]
 
 logger = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+_LEGACY_ASIDE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)\.incomplete$")  # the name used by gbpo 0.1.0
+ASIDE_PREFIX = "incomplete-"
+GENERATION_BUFFER = "generation_buffer_{rank}.pt"
 
 
 def is_complete_checkpoint(path: str | Path) -> bool:
@@ -35,14 +51,30 @@ def is_complete_checkpoint(path: str | Path) -> bool:
     return (Path(path) / TRAINER_STATE).is_file()
 
 
+def _move_aside(path: Path, name: str) -> Path:
+    """Rename ``path`` to ``ASIDE_PREFIX + name`` (``-2``, ``-3``, ... appended if taken); returns the new path."""
+    aside, n = path.with_name(ASIDE_PREFIX + name), 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{ASIDE_PREFIX}{name}-{n}")
+    os.replace(path, aside)
+    return aside
+
+
 def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     """The newest complete ``checkpoint-N`` in ``output_dir``, or None; incomplete newer ones are renamed aside.
 
-    Only the main process should call it (it renames directories).
+    A directory cut off mid-save becomes ``incomplete-checkpoint-N``; one already set aside under the old name
+    ``checkpoint-N.incomplete`` (which the Trainer's rotation counts and deletes) is renamed the same way. Only the main
+    process should call it (it renames directories).
     """
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return None
+    for path in output_dir.iterdir():
+        if path.is_dir() and (m := _LEGACY_ASIDE.match(path.name)):
+            aside = _move_aside(path, f"{PREFIX_CHECKPOINT_DIR}-{m.group(1)}")
+            logger.warning("%s is a cut-off checkpoint: moved to %s.", path, aside)
     found = sorted(
         ((int(m.group(1)), p) for p in output_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))),
         reverse=True,
@@ -50,9 +82,8 @@ def last_complete_checkpoint(output_dir: str | Path) -> str | None:
     for _, path in found:
         if is_complete_checkpoint(path):
             return str(path)
-        aside = path.with_name(path.name + ".incomplete")
+        aside = _move_aside(path, path.name)
         logger.warning("%s has no %s (its save was cut off): moved to %s.", path, TRAINER_STATE, aside)
-        os.replace(path, aside)
     return None
 
 
@@ -119,3 +150,57 @@ class PreemptionCallback(TrainerCallback):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+class ExactResumeMixin:
+    """Put TRL's generation buffer into every checkpoint, so that resuming mid-cycle is exact.
+
+    For a `trl.GRPOTrainer` subclass (listed before it in the bases). `GRPOTrainer` generates when its micro-step
+    counter ``_step`` is a multiple of ``steps_per_generation * num_iterations`` and otherwise trains on the slice
+    ``_buffered_inputs[_step % steps_per_generation]`` of the last generation batch. Both are saved beside the RNG
+    state (``_save_rng_state``, so before ``trainer_state.json`` marks the checkpoint complete), one file per process
+    (``generation_buffer_<rank>.pt``: the tensors of the process's share of the generation batch, completions, masks,
+    advantages and old log-probs), and loaded back where the Trainer restores the RNG state on resume
+    (``_load_rng_state``, just before the first resumed micro-step).
+
+    A checkpoint without the file (saved at a generation boundary, by ``save_only_model``, or by an older version)
+    resumes as TRL does: ``_step`` restarts at 0 and the next step generates; exact only at a generation boundary.
+
+    Raises:
+        ValueError: on resume, the file was written by a run with another ``steps_per_generation`` or
+            ``num_iterations`` (its buffer would be sliced differently).
+    """
+
+    def _generation_cycle(self) -> int:
+        return self.args.steps_per_generation * self.num_iterations
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        if self._buffered_inputs is None or self._step % self._generation_cycle() == 0:
+            return  # the next micro-step generates a new batch: nothing to carry over
+        state = {
+            "step": self._step,
+            "steps_per_generation": self.args.steps_per_generation,
+            "num_iterations": self.num_iterations,
+            "buffered_inputs": self._buffered_inputs,
+        }
+        torch.save(state, os.path.join(output_dir, GENERATION_BUFFER.format(rank=self.accelerator.process_index)))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = Path(checkpoint) / GENERATION_BUFFER.format(rank=self.accelerator.process_index)
+        if not path.is_file():
+            return
+        device = self.accelerator.device
+        state = torch.load(path, map_location="cpu" if device.type == "cpu" else device, weights_only=False)
+        saved = (state["steps_per_generation"], state["num_iterations"])
+        if saved != (self.args.steps_per_generation, self.num_iterations):
+            raise ValueError(
+                f"{path} holds a generation batch for steps_per_generation={saved[0]}, num_iterations={saved[1]}; "
+                f"this run has {self.args.steps_per_generation} and {self.num_iterations}: resume with the same "
+                "values (or delete the file to regenerate, which is not an exact resume)."
+            )
+        self._step = state["step"]
+        self._buffered_inputs = state["buffered_inputs"]

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from trl import GRPOConfig
 
+from .grading.extraction import ANSWER_EXTRACTION
 from .loss import TARGET_BASELINES, _check_epsilons, _check_temperature
+from .vllm_cpu import VLLM_DTYPES
 
 __all__ = ["GBPOConfig"]
+
+# GBPO's bound (reference implementation, paper 5.3 / A.9); TRL's own default applies to every TRL loss type.
+GBPO_EPSILON = 0.3
+TRL_EPSILON = next(f.default for f in fields(GRPOConfig) if f.name == "epsilon")
 
 
 @dataclass
 class GBPOConfig(GRPOConfig):
     r"""Configuration of [`GBPOTrainer`]: every [`trl.GRPOConfig`] key, plus GBPO's.
 
-    Only the policy loss changes (GBPO.md; "Bounded Ratio Reinforcement Learning", arXiv 2604.18578): with
-    `loss_type="gbpo"` (the default) GRPO's clipped token loss becomes the advantage-weighted total variation
-    `|A| * |rho - r*|` to the target ratio `r* = 1 - epsilon + (epsilon + epsilon_high) * sigmoid(T / tau)`, `T` the
-    median-centred target advantage and `tau = gbpo_temperature`. Every TRL loss type (`"grpo"`, `"dapo"`, `"bnpo"`,
-    `"dr_grpo"`, ...) stays selectable on the same trainer, so GBPO and GRPO runs share one code path.
+    Only the policy loss changes ("Bounded Ratio Reinforcement Learning", arXiv 2604.18578, section 4.5; the maths
+    in docs/algorithm.md): with `loss_type="gbpo"` (the default) GRPO's clipped token loss becomes the
+    advantage-weighted total variation `|A| * |rho - r*|` to the target ratio
+    `r* = 1 - epsilon + (epsilon + epsilon_high) * sigmoid(T / tau)`, `T` the median-centred target advantage and
+    `tau = gbpo_temperature`. Every TRL loss type (`"grpo"`, `"dapo"`, `"bnpo"`, `"dr_grpo"`, ...) stays selectable on
+    the same trainer, so GBPO and GRPO runs share one code path; with a TRL loss type every key left at its default has
+    `GRPOConfig`'s default (GBPO's defaults, such as `epsilon=0.3`, apply to `loss_type="gbpo"` only).
 
     TRL's names are kept: `epsilon` is the lower bound `eps_low` (target ratio `1 - epsilon` below the threshold) and
     `epsilon_high` the upper bound; `num_iterations` is the number of PPO epochs over each generation batch.
@@ -28,11 +36,13 @@ class GBPOConfig(GRPOConfig):
         loss_type (`str`, defaults to `"gbpo"`):
             `"gbpo"`, or any TRL loss type. GBPO aggregates as the reference implementation: the token-mean over the
             whole mini-batch (sum of token losses over every process and accumulation step / number of tokens).
-        epsilon (`float`, defaults to `0.3`):
-            `eps_low`, in (0, 1]; 1 is the cross-entropy-method limit (GBPO.md 3).
+        epsilon (`float`, *optional*):
+            `eps_low`, in (0, 1] for GBPO; 1 is the cross-entropy-method limit (paper 4.6, docs/algorithm.md). `None`
+            (default) resolves at construction to 0.3 (the GBPO reference) with `loss_type="gbpo"` and to TRL's
+            default 0.2 with any other loss type; a value set by the user is kept.
         epsilon_high (`float`, *optional*):
-            `eps_high` > 0; `None` (default) takes the value of `epsilon`, as in TRL, so both sides are 0.3 as in the
-            reference.
+            `eps_high` > 0; `None` (default) takes the value of `epsilon`, as in TRL, so both GBPO bounds are 0.3 as in
+            the reference.
         gbpo_temperature (`float`, defaults to `1e-4`):
             tau of the sigmoid step of the target ratio (Theorem 4.1), in z-score units; the reference value is 1e-4.
         target_baseline (`str`, defaults to `"median"`):
@@ -45,6 +55,13 @@ class GBPOConfig(GRPOConfig):
             Sampling of the benchmark evaluation that runs every `eval_steps` when the trainer is given
             `eval_benchmarks` (TTRL validates with 16 samples at temperature 0.6, top_p 0.95); it logs
             `eval/<benchmark>/pass@1` (the mean over the samples) and `eval/<benchmark>/maj@k`.
+        eval_answer_extraction (`str`, defaults to `"lenient"`):
+            How that evaluation reads a sample's answer, as `python -m gbpo.evaluate --answer-extraction`: `"lenient"`
+            also reads unboxed answers ("final answer is", the last math, the last number), `"strict"` only the last
+            `\\boxed{}` (what the TTRL reward reads by default).
+        vllm_dtype (`str`, defaults to `"auto"`), vllm_enforce_eager (`bool`, *optional*):
+            Options of the colocated vLLM engine that TRL does not expose (gbpo/vllm_cpu.py): the generation dtype, and
+            whether to skip vLLM's torch.compile warm-up (default: skipped on a CPU build of vLLM).
         num_train_generations (`int`, *optional*):
             Vote-N/train-M (TTRL's 64 votes, 32 trained; TRL has no such option): all `num_generations` completions of
             a prompt are generated and scored (the majority vote sees them all); `num_train_generations` of each group
@@ -66,7 +83,8 @@ class GBPOConfig(GRPOConfig):
             the training set (seeded by `seed`, the step and the round), at most this many extra rounds; the first
             informative rows fill the batch. 0: no extra rounds.
 
-        Logged (training): `rows/trained_per_step` (rows in one optimizer step's mini-batch, all processes),
+        Logged (training, with `loss_type="gbpo"` or when rows are dropped; a TRL loss type that trains every row
+        logs exactly TRL's metrics): `rows/trained_per_step` (rows in one optimizer step's mini-batch, all processes),
         `rows/with_gradient_frac` (share of those rows with a nonzero advantage), `rows/groups_dropped` (groups of
         the generation batch, all rounds, left out as uninformative) and `rows/extra_generation_rounds`. TRL's
         `reward*`, `rewards/*` and `frac_reward_zero_std` describe every generated completion (all `num_generations`
@@ -82,15 +100,18 @@ class GBPOConfig(GRPOConfig):
         default="gbpo",
         metadata={"help": "'gbpo' (default), or any TRL GRPO loss type ('grpo', 'dapo', 'bnpo', 'dr_grpo', ...)."},
     )
-    epsilon: float = field(
-        default=0.3,
-        metadata={"help": "Lower bound eps_low of the target ratio (1 - epsilon), in (0, 1]. GBPO reference: 0.3."},
+    epsilon: float | None = field(
+        default=None,
+        metadata={
+            "help": "Lower bound: eps_low of GBPO's target ratio (1 - epsilon, in (0, 1]) or TRL's clip epsilon. None "
+            f"(default): {GBPO_EPSILON} (GBPO reference) with loss_type 'gbpo', TRL's {TRL_EPSILON} otherwise."
+        },
     )
     epsilon_high: float | None = field(
         default=None,
         metadata={
             "help": "Upper bound eps_high of the target ratio (1 + epsilon_high); None (default) takes `epsilon`, "
-            "as in TRL, so both sides are 0.3 as in the GBPO reference."
+            "as in TRL, so both GBPO bounds are 0.3 as in the GBPO reference."
         },
     )
     gbpo_temperature: float = field(
@@ -113,7 +134,7 @@ class GBPOConfig(GRPOConfig):
         default=None,
         metadata={
             "help": "Vote-N/train-M (TTRL: 64 votes, 32 trained): of the num_generations completions of a prompt, all "
-            "vote and only the first num_train_generations are trained on. None (default): all of them."
+            "vote and num_train_generations evenly spaced ones are trained on (gbpo.rows). None (default): all of them."
         },
     )
 
@@ -148,9 +169,40 @@ class GBPOConfig(GRPOConfig):
         default=False,
         metadata={"help": "Benchmark evaluation during training: an unboxed sample answers with its last number."},
     )
+    eval_answer_extraction: str = field(
+        default="lenient",
+        metadata={
+            "help": "Benchmark evaluation during training: 'lenient' (default, as gbpo.evaluate: also unboxed answers) "
+            "or 'strict' (the last \\boxed{} only).",
+            "choices": ["strict", "lenient"],
+        },
+    )
+
+    vllm_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "dtype of the colocated vLLM engine: 'auto' (vLLM's choice: bf16 for an fp32 model on a CPU), "
+            "'float32', 'bfloat16' or 'float16'. The trained model keeps its own dtype."
+        },
+    )
+    vllm_enforce_eager: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Skip vLLM's torch.compile warm-up in the colocated engine. None: True on a CPU build of vLLM "
+            "(minutes of warm-up for no measured gain), vLLM's default on a GPU."
+        },
+    )
 
     def __post_init__(self):
+        if self.eval_answer_extraction not in ANSWER_EXTRACTION:
+            raise ValueError(
+                f"eval_answer_extraction must be one of {ANSWER_EXTRACTION}, got {self.eval_answer_extraction!r}."
+            )
+        if self.epsilon is None:
+            self.epsilon = GBPO_EPSILON if self.loss_type == "gbpo" else TRL_EPSILON
         super().__post_init__()
+        if self.vllm_dtype not in VLLM_DTYPES:
+            raise ValueError(f"vllm_dtype must be one of {VLLM_DTYPES}, got {self.vllm_dtype!r}.")
         self._check_rows()
         if self.loss_type != "gbpo":
             return

@@ -2,17 +2,22 @@
 
 ``load_benchmark("math500", levels=[1, 2])`` returns a :class:`datasets.Dataset` with a ``prompt`` column
 (a list of chat messages built by :func:`build_prompt`) and the gold ``answer`` as a string, plus the
-file's other columns (``id``, ``problem``, ``level``, ...). Training and evaluation both build prompts
+file's other columns (``id``, ``problem``, ``level``, ...). The gold answer is optional: test-time RL (the
+``majority_vote`` reward) needs only ``problem``, so a file without an ``answer`` column loads without one, and a
+row whose ``answer`` is ``null`` keeps ``None``. Training and evaluation both build prompts
 with :func:`build_prompt`, so they share one template.
 
-The bundled files live in the repository's top-level ``data/`` directory (see ``data/README.md``);
-set the ``GBPO_DATA_DIR`` environment variable to read them from elsewhere.
+The bundled files are package data, ``gbpo/benchmark_data/`` (see its ``README.md``; the repository's top-level
+``data/`` links to it), found with :mod:`importlib.resources`, so an installed wheel has them too. Set the
+``GBPO_DATA_DIR`` environment variable to read them from elsewhere.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 import datasets
@@ -38,13 +43,20 @@ _MATH_LEVELS = range(1, 6)
 def data_dir() -> Path:
     """Directory holding the bundled benchmark files.
 
-    ``$GBPO_DATA_DIR`` when set, else the repository's top-level ``data/`` directory. Read on every call,
-    so the environment variable can be changed at run time.
+    ``$GBPO_DATA_DIR`` when set, else the package data directory ``benchmark_data`` of the installed ``gbpo``
+    (located with :func:`importlib.resources.files`). Read on every call, so the environment variable can be
+    changed at run time.
+
+    Raises:
+        ValueError: ``gbpo`` is installed in a form whose package data is not a directory (e.g. a zip file).
     """
     override = os.environ.get(DATA_DIR_ENV)
     if override:
         return Path(override).expanduser()
-    return Path(__file__).resolve().parent.parent / "data"
+    folder = resources.files("gbpo") / "benchmark_data"
+    if not isinstance(folder, Path):
+        raise ValueError(f"gbpo's benchmark data is not a directory ({folder}): set ${DATA_DIR_ENV} to one.")
+    return folder
 
 
 def benchmark_path(name: str) -> Path:
@@ -59,7 +71,7 @@ def benchmark_path(name: str) -> Path:
     if not path.is_file():
         raise ValueError(
             f"Benchmark {name!r} should be at {path}, but there is no such file "
-            f"(data directory from ${DATA_DIR_ENV} or the repository's data/)."
+            f"(data directory from ${DATA_DIR_ENV} or the package's benchmark_data/)."
         )
     return path
 
@@ -95,6 +107,21 @@ def _resolve(name: str) -> Path:
     )
 
 
+def _jsonl_error(path: Path) -> str | None:
+    """Where a JSON Lines file stops being valid: ``"line L, column C: <reason>"`` (1-based), or None."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                return f"line {number}, column {e.colno}: {e.msg}"
+            if not isinstance(row, dict):
+                return f"line {number}: a JSON {type(row).__name__}, not an object with a 'problem' key"
+    return None
+
+
 def _check_text(value, column: str, index: int, row: dict, path: Path) -> str:
     if value is None or (isinstance(value, str) and not value.strip()):
         row_id = f", id {row['id']!r}" if row.get("id") is not None else ""
@@ -114,8 +141,8 @@ def load_benchmark(
 
     Args:
         name: a bundled benchmark (``"aime24"``, ``"amc"``, ``"math500"``, ``"arithmetic"``) or the path to
-            a local ``.json``/``.jsonl``/``.parquet`` file with ``problem`` and ``answer`` columns (read with
-            :func:`datasets.load_dataset`, split ``"train"``).
+            a local ``.json``/``.jsonl``/``.parquet`` file with a ``problem`` column and, optionally, an ``answer``
+            column (read with :func:`datasets.load_dataset`, split ``"train"``).
         levels: keep only rows whose ``level`` is in ``levels`` (MATH levels, each in 1..5). The file must
             have a ``level`` column.
         limit: keep the first ``limit`` rows (after the level filter).
@@ -125,12 +152,14 @@ def load_benchmark(
     Returns:
         A :class:`datasets.Dataset` with ``prompt`` (from :func:`build_prompt`), ``answer`` (the gold answer
         as a string; numbers are converted with ``str``) and the file's other columns, ``problem``
-        included, in file order. A ``prompt`` column already in the file is replaced.
+        included, in file order. A ``prompt`` column already in the file is replaced. Unlabeled data: without
+        an ``answer`` column in the file there is none in the dataset; a ``null`` answer stays ``None``.
 
     Raises:
-        ValueError: unknown name, unsupported file type, missing ``problem``/``answer``/``level`` column,
-            a level outside 1..5, ``limit`` below 1, an empty or unreadable file, an empty ``problem`` or
-            ``answer`` in any row of the file, or no rows left after filtering.
+        ValueError: unknown name, unsupported file type, missing ``problem``/``level`` column, a level outside
+            1..5, ``limit`` below 1, an empty or unreadable file (for JSON Lines: the line and column where it
+            stops being valid JSON), an empty ``problem`` or an empty-string ``answer`` in any row of the file, or
+            no rows left after filtering.
     """
     path = _resolve(name)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -147,8 +176,11 @@ def load_benchmark(
     try:
         ds = datasets.load_dataset(loader, data_files=str(path), split="train")
     except Exception as e:  # datasets/pyarrow raise many types (and StopIteration) for unreadable files
+        where = _jsonl_error(path) if path.suffix.lower() == ".jsonl" else None
+        if where is not None:  # the row is what the user needs, not pyarrow's chained traceback
+            raise ValueError(f"{path} is not valid JSON Lines at {where}.") from None
         raise ValueError(f"Could not read {path} with datasets' {loader!r} loader: {type(e).__name__}: {e}") from e
-    required = ["problem", "answer"] + (["level"] if levels is not None else [])
+    required = ["problem"] + (["level"] if levels is not None else [])
     for column in required:
         if column not in ds.column_names:
             why = " (needed by the levels filter)" if column == "level" else ""
@@ -159,7 +191,8 @@ def load_benchmark(
         raise ValueError(f"{path} has no rows.")
     for index, row in enumerate(rows):
         row["problem"] = _check_text(row["problem"], "problem", index, row, path)
-        row["answer"] = _check_text(row["answer"], "answer", index, row, path)
+        if row.get("answer") is not None:  # unlabeled rows (no column, or null) keep no gold answer
+            row["answer"] = _check_text(row["answer"], "answer", index, row, path)
 
     if levels is not None:
         present = sorted({row["level"] for row in rows}, key=str)

@@ -1,7 +1,7 @@
 """The GBPO maths as pure torch functions (no trainer state).
 
-Source: "Bounded Ratio Reinforcement Learning" (arXiv 2604.18578), sections 3, 4.1, 4.5, 4.6 and 5.3;
-``shared/GBPO.md`` in the project's workspace restores the equations lost in the paper's text.
+Source: "Bounded Ratio Reinforcement Learning" (arXiv 2604.18578), sections 3, 4.1, 4.5, 4.6 and 5.3; the
+equations, written out, and the choices of the reference implementation are in ``docs/algorithm.md``.
 
 Layout follows TRL: a batch of ``B = n * G`` completions holds the ``G = num_generations`` completions of
 each of ``n`` prompts consecutively, so ``rewards.view(n, G)`` has one prompt per row.
@@ -32,7 +32,8 @@ __all__ = [
 TARGET_BASELINES = ("median", "quantile", "soft_quantile", "mean")
 SCALE_REWARDS = ("group", "batch", "none")
 
-# Log-ratio clamp of the reference implementation (GBPO.md 2): rho = exp(clamp(logp - logp_old, -20, 20)).
+# Log-ratio clamp of the reference implementation (docs/algorithm.md, "Ratio and loss"):
+# rho = exp(clamp(logp - logp_old, -20, 20)).
 LOG_RATIO_CLAMP = 20.0
 # Bisection steps for the soft quantile: the bracket shrinks by 2**-200, far below float64 resolution.
 _BISECTION_STEPS = 200
@@ -98,18 +99,18 @@ def gbpo_advantages(
     epsilon_low: float = 0.3,
     epsilon_high: float = 0.3,
     temperature: float = 1e-4,
-    delta: float = 1e-4,
+    std_eps: float = 1e-4,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Weight advantages ``A`` and target advantages ``T`` of GBPO for a batch of groups.
 
-    For one prompt with rewards ``R_1..R_G`` (GBPO.md section 2; paper 4.5 and 5.3):
+    For one prompt with rewards ``R_1..R_G`` (paper 4.5 and 5.3; docs/algorithm.md, "Advantages"):
 
     * ``mu = mean(R)``, ``sigma = std(R)`` (Bessel-corrected, as ``torch.std``),
-    * ``A_i = (R_i - mu) / (sigma + delta)``  -- the z-score weight advantage, identical to TRL's GRPO advantage,
+    * ``A_i = (R_i - mu) / (sigma + std_eps)``  -- the z-score weight advantage, identical to TRL's GRPO advantage,
     * ``T_i = A_i - b`` where ``b`` is the threshold chosen by ``target_baseline``:
 
       - ``"median"`` (reference implementation): ``b`` = median of the group's ``A`` (``torch.quantile`` at 0.5,
-        linear interpolation), i.e. ``T_i = (R_i - m) / (sigma + delta)``.
+        linear interpolation), i.e. ``T_i = (R_i - m) / (sigma + std_eps)``.
       - ``"quantile"`` (Cor. 4.7, asymmetric bounds): ``b`` = the ``alpha``-quantile, ``alpha = eps_high /
         (eps_low + eps_high)``, so that a fraction ``p = eps_low / (eps_low + eps_high)`` lies above it and the hard
         targets average 1. Equals ``"median"`` when ``eps_low == eps_high``.
@@ -133,8 +134,9 @@ def gbpo_advantages(
         epsilon_high: upper bound ``1 + epsilon_high`` of the target ratio, > 0.
         temperature: tau of the sigmoid step (> 0); used by ``"soft_quantile"`` only, since the hard thresholds are its
             tau -> 0 limit.
-        delta: added to the std before dividing. 1e-4 is TRL's constant (so ``A`` equals ``GRPOTrainer``'s
-            advantages); the reference verl code uses 1e-6.
+        std_eps: added to the std before dividing (named so as not to be confused with TRL's ``delta``, the
+            two-sided clip bound). 1e-4 is TRL's constant (so ``A`` equals ``GRPOTrainer``'s advantages); the reference
+            verl code uses 1e-6.
 
     Returns:
         ``(advantages, target_advantages)``, both (B,) in the dtype of ``rewards``, without gradient.
@@ -142,7 +144,7 @@ def gbpo_advantages(
     Raises:
         ValueError: ``rewards`` is not 1-D; B is not a multiple of ``num_generations``; ``num_generations < 1``;
             an unknown ``scale_rewards`` or ``target_baseline``; ``temperature <= 0``; ``epsilon_low`` outside (0, 1];
-            ``epsilon_high <= 0``; ``delta < 0``.
+            ``epsilon_high <= 0``; ``std_eps < 0``.
     """
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be a 1-D tensor of shape (B,), got shape {tuple(rewards.shape)}.")
@@ -159,8 +161,8 @@ def gbpo_advantages(
         raise ValueError(f"target_baseline must be one of {TARGET_BASELINES}, got {target_baseline!r}.")
     _check_epsilons(epsilon_low, epsilon_high)
     _check_temperature(temperature)
-    if not delta >= 0.0:
-        raise ValueError(f"delta must be >= 0, got {delta}.")
+    if not std_eps >= 0.0:
+        raise ValueError(f"std_eps must be >= 0, got {std_eps}.")
 
     with torch.no_grad():
         # float64 throughout: the soft quantile resolves thresholds to a small fraction of tau = 1e-4.
@@ -169,10 +171,10 @@ def gbpo_advantages(
         centred = grouped - mean
         if scale_rewards == "group":
             std = _nanstd(grouped, dim=1).unsqueeze(1) if num_generations > 1 else torch.zeros_like(mean)
-            z = centred / (std + delta)
+            z = centred / (std + std_eps)
         elif scale_rewards == "batch":
             std = _nanstd(grouped) if grouped.numel() > 1 else torch.zeros((), dtype=grouped.dtype)
-            z = centred / (std + delta)
+            z = centred / (std + std_eps)
         else:
             z = centred
 
@@ -221,7 +223,7 @@ def target_ratio(
 
 
 def importance_ratio(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor) -> torch.Tensor:
-    """Per-token ratio ``rho = exp(clamp(logp - logp_old, -20, 20))`` (reference implementation, GBPO.md 2).
+    """Per-token ratio ``rho = exp(clamp(logp - logp_old, -20, 20))`` (reference implementation; docs/algorithm.md).
 
     Args:
         per_token_logps: (B, T) log-probabilities of the sampled tokens under the current policy (differentiable).
@@ -243,10 +245,10 @@ def gbpo_per_token_loss(
 ) -> torch.Tensor:
     r"""Advantage-weighted total variation to the target ratio: ``(|A| + tv_coef) * |rho - r*|`` per token.
 
-    BPO's loss (paper Prop. 4.6 and eq. 16; GBPO.md 2 and 3): unlike PPO's clipped loss, the slope is the same on both
-    sides of the target, so a ratio that overshoots ``r*`` is pulled back. With a sequence-level reward every token of
-    completion ``i`` shares ``A_i`` and ``r*_i``. Aggregation over tokens is the caller's (the reference takes the
-    token-mean over the mini-batch).
+    BPO's loss (paper Prop. 4.6 and eq. 16; docs/algorithm.md, "Ratio and loss"): unlike PPO's clipped loss, the
+    slope is the same on both sides of the target, so a ratio that overshoots ``r*`` is pulled back. With a
+    sequence-level reward every token of completion ``i`` shares ``A_i`` and ``r*_i``. Aggregation over tokens is the
+    caller's (the reference takes the token-mean over the mini-batch).
 
     Args:
         per_token_logps: (B, T) current-policy log-probabilities of the completion tokens; the only input with gradient.

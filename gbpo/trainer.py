@@ -6,24 +6,22 @@ PEFT, DeepSpeed, logging and checkpoints are inherited unchanged. The hooks that
 * `_calculate_rewards` keeps TRL's rewards, gathered over every process, and `_generate_and_score_completions` turns
   them into the per-completion target ratios ``r*`` (and GBPO's advantages, equal to TRL's), so groups split across
   ranks see their whole group; it also applies vote-N/train-M (``num_train_generations``);
-* `_compute_loss` computes GBPO's loss when ``loss_type == "gbpo"`` and defers to TRL for every other loss type;
-* `evaluate` adds the benchmark evaluation (pass@1, maj@k) of ``eval_benchmarks`` to TRL's.
+* `_compute_loss` computes GBPO's loss when ``loss_type == "gbpo"`` and defers to TRL for every other loss type.
+
+Benchmark evaluation during training is a callback, `gbpo.evaluation.callback.BenchmarkEvalCallback`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
-from accelerate.utils import gather_object
-from datasets import Dataset
-from transformers import Trainer
 from trl import GRPOTrainer
-from trl.models.utils import disable_gradient_checkpointing, unwrap_model_for_generation
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, nanmax, nanmin, use_adapter
 
+from .checkpoints import ExactResumeMixin
 from .config import GBPOConfig
 from .loss import gbpo_advantages, gbpo_per_token_loss, importance_ratio, target_ratio
+from .model_card import ModelCardMixin
 from .rows import (
     ADVANTAGE_ATOL,
     concat_rows,
@@ -33,57 +31,70 @@ from .rows import (
     take_rows,
     trained_mask,
 )
+from .vllm_cpu import (
+    adapt_vllm_generation,
+    configure_cpu_environment,
+    generation_engine_line,
+    vllm_engine_options,
+    vllm_platform_is_cpu,
+)
 
 __all__ = ["GBPOTrainer"]
 
 
-class GBPOTrainer(GRPOTrainer):
+class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
     """Trainer for Group-relative Bounded Policy Optimization (GBPO).
 
     GBPO ("Bounded Ratio Reinforcement Learning", arXiv 2604.18578, 4.5 and 5.3) is BPO with GRPO's group-relative
     advantages: each completion's ratio ``rho`` is pulled towards the bounded-ratio optimum ``r*`` (``1 + eps_high``
     above the group's median reward, ``1 - eps_low`` below it) by the loss ``|A| * |rho - r*|``, token-mean over the
-    mini-batch. A drop-in replacement for `trl.GRPOTrainer`: same arguments, same reward functions, same logging; with
-    a TRL ``loss_type`` in `GBPOConfig` it trains exactly as `GRPOTrainer` does.
+    mini-batch (docs/algorithm.md). A drop-in replacement for `trl.GRPOTrainer`: same arguments, same reward functions,
+    same logging; with a TRL ``loss_type`` a `GBPOConfig` with the same keys as a `GRPOConfig` (defaults included)
+    trains exactly as `GRPOTrainer` does: same advantages, losses, logged metrics and updated weights.
 
-    Extra metrics (``loss_type="gbpo"``): ``gbpo/target_ratio/mean``, ``gbpo/ratio/mean|min|max`` over completion
-    tokens, ``clip_ratio/low_mean|high_mean|region_mean`` (fraction of tokens with ``rho`` below ``1 - eps_low``, above
-    ``1 + eps_high``, or either) and ``policy_loss``.
+    Metrics logged with ``loss_type="gbpo"`` besides TRL's generation and reward metrics: ``entropy``, ``policy_loss``
+    and ``kl`` (as TRL), ``gbpo/ratio/mean|min|max`` (``rho`` over loss tokens), ``gbpo/target_ratio/mean`` (``r*``
+    averaged over the rows that have loss tokens) and ``gbpo/outside_bounds/low_mean|high_mean|region_mean`` (fraction
+    of loss tokens with ``rho`` below ``1 - eps_low``, above ``1 + eps_high``, or either, whatever the advantage's
+    sign). TRL's ``clip_ratio/*`` counts tokens whose clip is active for the advantage's sign; GBPO has no clip, so it
+    does not log them (a TRL ``loss_type`` logs TRL's own).
 
-    Benchmark evaluation during training: with ``eval_benchmarks`` (``{name: dataset}`` with ``prompt`` and ``answer``
-    columns, e.g. from `gbpo.data.load_benchmark`) every evaluation (``eval_strategy``/``eval_steps``) samples
-    ``args.eval_num_samples`` completions per problem and logs ``eval/<name>/pass@1`` (avg@k) and ``eval/<name>/maj@k``
-    to the configured trackers; problems are split over the processes. The training state (model mode, RNG, logged
-    training metrics) is left as it was.
+    Benchmark evaluation during training (pass@k, maj@k every ``eval_steps``): add a
+    `gbpo.evaluation.callback.BenchmarkEvalCallback` with ``trainer.add_callback``.
 
     Args:
         model, reward_funcs, args, **kwargs: as `trl.GRPOTrainer`; ``args`` defaults to a `GBPOConfig`.
-        eval_benchmarks: benchmarks to evaluate every ``eval_steps``, by name.
     """
 
     _tag_names = ["trl", "gbpo"]
     _name = "GBPO"
+    _paper = {  # the model card's method paper (see gbpo/model_card.py)
+        "title": "Bounded Ratio Reinforcement Learning",
+        "id": "2604.18578",
+        "citation": "@misc{gbpo2026,\n    title         = {{Bounded Ratio Reinforcement Learning}},\n"
+        "    eprint        = {2604.18578},\n    archivePrefix = {arXiv},\n}",
+    }
 
     def __init__(
         self,
         model,
         reward_funcs,
         args: GBPOConfig | None = None,
-        eval_benchmarks: Mapping[str, Dataset] | None = None,
         **kwargs,
     ):
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = GBPOConfig(f"{model_name.split('/')[-1]}-GBPO")
-        self.eval_benchmarks = dict(eval_benchmarks or {})
-        eval_strategy = args.eval_strategy
-        if self.eval_benchmarks and kwargs.get("eval_dataset") is None:
-            # Benchmarks are evaluated by `evaluate` below; the Trainer's check for an eval_dataset does not apply.
-            args.eval_strategy = "no"
-        try:
+        cpu_colocate = args.use_vllm and args.vllm_mode == "colocate" and vllm_platform_is_cpu()
+        if cpu_colocate:
+            configure_cpu_environment()
+        enforce_eager = cpu_colocate if args.vllm_enforce_eager is None else args.vllm_enforce_eager
+        with vllm_engine_options(args.vllm_dtype, enforce_eager or None):
             super().__init__(model, reward_funcs, args=args, **kwargs)
-        finally:
-            args.eval_strategy = eval_strategy
+        if cpu_colocate:
+            # TRL's colocated weight sync assumes a GPU build of vLLM; on a CPU it goes through vLLM's reload.
+            adapt_vllm_generation(self.vllm_generation)
+        self.accelerator.print(generation_engine_line(args, cpu_colocate))
         self._gathered_rewards_per_func = None
 
     # ------------------------------------------------------------------ advantages and target ratios
@@ -102,7 +113,7 @@ class GBPOTrainer(GRPOTrainer):
         drop_groups = mode == "train" and args.drop_uninformative_groups
         if num_trained == num_generations and not drop_groups:
             output = self._score_round(super()._generate_and_score_completions(inputs), num_generations, num_trained)[0]
-            if mode == "train":
+            if mode == "train" and self.loss_type == "gbpo":  # a TRL loss type logs exactly TRL's metrics
                 self._log_rows(output, torch.ones(output["advantages"].numel(), dtype=torch.bool), 0, 0)
             return output
 
@@ -364,71 +375,22 @@ class GBPOTrainer(GRPOTrainer):
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
     def _log_gbpo_metrics(self, mode, mask, ratio, target_ratios, entropies, policy_loss):
+        """Log GBPO's step metrics (names and meanings in the class docstring), reduced over every process.
+
+        ``mask`` (B, T) marks the loss tokens, ``ratio`` (B, T) is ``rho``, ``target_ratios`` (B,) is ``r*``.
+        """
         metrics = self._metrics[mode]
         metrics["entropy"].append(self._global_masked_mean(entropies, mask))
         metrics["policy_loss"].append(self.accelerator.gather(policy_loss.detach()).mean().item())
-        metrics["gbpo/target_ratio/mean"].append(self.accelerator.gather(target_ratios).mean().item())
+        # Rows without loss tokens (completions that only voted, or masked by TRL) are not trained: leave them out.
+        trained_rows = (mask.sum(dim=1) > 0).float()
+        metrics["gbpo/target_ratio/mean"].append(self._global_masked_mean(target_ratios, trained_rows))
         metrics["gbpo/ratio/mean"].append(self._global_masked_mean(ratio, mask))
         masked_ratio = ratio.masked_fill(~mask.bool(), float("nan"))
         metrics["gbpo/ratio/min"].append(nanmin(self.accelerator.gather(nanmin(masked_ratio))).item())
         metrics["gbpo/ratio/max"].append(nanmax(self.accelerator.gather(nanmax(masked_ratio))).item())
         low = (ratio < 1 - self.epsilon_low).float()
         high = (ratio > 1 + self.epsilon_high).float()
-        metrics["clip_ratio/low_mean"].append(self._global_masked_mean(low, mask))
-        metrics["clip_ratio/high_mean"].append(self._global_masked_mean(high, mask))
-        metrics["clip_ratio/region_mean"].append(self._global_masked_mean(torch.maximum(low, high), mask))
-
-    # ------------------------------------------------------------------ benchmark evaluation during training
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        """TRL's evaluation of ``eval_dataset`` (if any), then the benchmarks of ``eval_benchmarks`` (if any)."""
-        metrics = {}
-        if eval_dataset is not None or self.eval_dataset is not None:
-            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        if self.eval_benchmarks:
-            benchmark_metrics = self._evaluate_benchmarks(metric_key_prefix)
-            # Trainer.log, not GRPOTrainer.log: the latter would flush the training metrics gathered so far.
-            Trainer.log(self, dict(benchmark_metrics))
-            metrics.update(benchmark_metrics)
-            if eval_dataset is None and self.eval_dataset is None:
-                # What Trainer.evaluate does at its end: callbacks see the metrics, and the evaluation is marked done.
-                self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
-
-    def _evaluate_benchmarks(self, prefix: str) -> dict[str, float]:
-        from .evaluate import compute_metrics, default_ks, evaluate
-
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        shards = {
-            name: dataset.shard(num_shards=world, index=rank, contiguous=True) if world > 1 else dataset
-            for name, dataset in self.eval_benchmarks.items()
-        }
-        args = self.args
-        with unwrap_model_for_generation(
-            self.model_wrapped, self.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation
-        ) as unwrapped:
-            result = evaluate(
-                unwrapped,
-                self.processing_class,
-                shards,
-                num_samples=args.eval_num_samples,
-                temperature=args.eval_temperature,
-                top_p=args.eval_top_p,
-                max_new_tokens=args.eval_max_new_tokens or args.max_completion_length,
-                seed=args.seed + self.state.global_step,
-                batch_size=args.per_device_eval_batch_size * args.eval_num_samples,
-                fallback_last_number=args.eval_fallback_last_number,
-                progress=False,
-            )
-        ks = default_ks(args.eval_num_samples)
-        metrics = {}
-        for name in self.eval_benchmarks:
-            records = result["benchmarks"][name]["records"]
-            records = [r for part in gather_object([records]) for r in part] if world > 1 else records
-            scores = compute_metrics(records, ks)
-            metrics[f"{prefix}/{name}/pass@1"] = scores["pass@1"]
-            for k in ks:
-                metrics[f"{prefix}/{name}/maj@{k}"] = scores[f"maj@{k}"]
-                if k > 1:
-                    metrics[f"{prefix}/{name}/pass@{k}"] = scores[f"pass@{k}"]
-        return metrics
+        metrics["gbpo/outside_bounds/low_mean"].append(self._global_masked_mean(low, mask))
+        metrics["gbpo/outside_bounds/high_mean"].append(self._global_masked_mean(high, mask))
+        metrics["gbpo/outside_bounds/region_mean"].append(self._global_masked_mean(torch.maximum(low, high), mask))

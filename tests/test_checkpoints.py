@@ -7,7 +7,9 @@ import sys
 import time
 
 import pytest
+import torch
 from test_train import tiny_recipe
+from transformers.trainer_utils import rotate_checkpoints
 
 from gbpo.checkpoints import last_complete_checkpoint, resolve_resume
 
@@ -24,13 +26,30 @@ def test_incomplete_checkpoint_is_never_the_latest(tmp_path):
     make_checkpoint(tmp_path / "checkpoint-10")
     make_checkpoint(tmp_path / "checkpoint-12", complete=False)  # cut off mid-save
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")
-    assert (tmp_path / "checkpoint-12.incomplete" / "model.safetensors").is_file()  # moved aside, not deleted
+    assert (tmp_path / "incomplete-checkpoint-12" / "model.safetensors").is_file()  # moved aside, not deleted
     assert not (tmp_path / "checkpoint-12").exists()
     assert resolve_resume("true", tmp_path) == str(tmp_path / "checkpoint-10")
     assert resolve_resume(None, tmp_path) is None
     assert resolve_resume("true", tmp_path / "nothing-here") is None
     with pytest.raises(ValueError, match="not a complete checkpoint"):
-        resolve_resume(str(tmp_path / "checkpoint-12.incomplete"), tmp_path)
+        resolve_resume(str(tmp_path / "incomplete-checkpoint-12"), tmp_path)
+
+
+@pytest.mark.parametrize("save_total_limit", [1, 2])
+def test_rotation_never_counts_or_deletes_a_cut_off_checkpoint(tmp_path, save_total_limit):
+    """Resume sets checkpoint-4 (cut off) aside; the resumed run saves checkpoint-4 and 5 and the Trainer rotates."""
+    make_checkpoint(tmp_path / "checkpoint-2")
+    make_checkpoint(tmp_path / "checkpoint-3")
+    make_checkpoint(tmp_path / "checkpoint-4", complete=False)
+    make_checkpoint(tmp_path / "checkpoint-1.incomplete", complete=False)  # set aside under gbpo 0.1.0's name
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
+    for step in (4, 5):  # what Trainer._save_checkpoint does after each save
+        make_checkpoint(tmp_path / f"checkpoint-{step}")
+        rotate_checkpoints(str(tmp_path), save_total_limit=save_total_limit, use_mtime=True)
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    newest = [f"checkpoint-{s}" for s in (3, 4, 5)][-save_total_limit:]
+    assert kept == sorted([*newest, "incomplete-checkpoint-1", "incomplete-checkpoint-4"])
+    assert (tmp_path / "incomplete-checkpoint-4" / "model.safetensors").is_file()
 
 
 def run_train(recipe, *extra, wait_for=None):
@@ -77,3 +96,85 @@ def test_sigterm_checkpoint_then_resume_matches_uninterrupted_run(tmp_path, tiny
     for step in range(1, 31):
         assert resumed[step]["learning_rate"] == pytest.approx(uninterrupted[step]["learning_rate"], rel=1e-9)
         assert resumed[step]["loss"] == pytest.approx(uninterrupted[step]["loss"], rel=1e-4, abs=1e-6)
+
+
+def test_resume_mid_generation_cycle_is_exact(tmp_path, tiny_model_dir, monkeypatch):
+    """num_iterations 2 x steps_per_generation 2: steps 1-4 share one generation batch. A SIGTERM during step 3
+    saves checkpoint-3 in the middle of that cycle; the resumed run must train step 4 on the buffered batch (second
+    PPO epoch), as the uninterrupted run does, and then log the same losses, rewards and end with the same weights."""
+    import gbpo.checkpoints
+    from gbpo.train import main
+
+    settings = dict(
+        max_steps=8, num_iterations=2, steps_per_generation=2, dataset_limit=8, save_strategy="no", learning_rate=0.05
+    )
+    reference = main([str(tiny_recipe(tmp_path / "reference", tiny_model_dir, **settings))])
+
+    class SigtermDuringStep3(gbpo.checkpoints.PreemptionCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:  # step 3 is running
+                signal.raise_signal(signal.SIGTERM)
+
+    recipe = tiny_recipe(tmp_path / "preempted", tiny_model_dir, **settings)
+    out = tmp_path / "preempted" / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(gbpo.checkpoints, "PreemptionCallback", SigtermDuringStep3)
+        preempted = main([str(recipe)])
+    assert preempted.preempted and preempted.state.global_step == 3
+    assert (out / "checkpoint-3" / "generation_buffer_0.pt").is_file()  # mid-cycle: the buffer is in the checkpoint
+
+    resumed = main([str(recipe), "--resume_from_checkpoint", "true"])
+    assert not resumed.preempted and resumed.state.global_step == 8
+    got, want = steps(out), {m["step"]: m for m in reference.state.log_history if "loss" in m}
+    assert sorted(got) == sorted(want) == list(range(1, 9))
+    for step in range(1, 9):
+        for key in ("loss", "reward", "reward_std", "grad_norm", "gbpo/ratio/mean", "entropy"):
+            assert (key in got[step]) == (key in want[step]), (step, key)
+            if key in want[step]:
+                assert got[step][key] == pytest.approx(want[step][key], rel=1e-5, abs=1e-7), (step, key)
+    # rewards are logged on generation steps only (1 and 5): step 4 trained on step 1's batch in both runs
+    assert [s for s in range(1, 9) if "reward" in want[s]] == [1, 5]
+    trained, expected = resumed.model.state_dict(), reference.model.state_dict()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(trained[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_two_processes_resume_mid_cycle_from_their_own_buffers(tmp_path, tiny_model_dir):
+    """2 processes (torchrun, gloo on CPU): each rank saves its share of the generation batch; resuming from the
+    mid-cycle checkpoint-3 logs the same steps 4-6 and ends with the same weights as the uninterrupted run."""
+    import os
+    import shutil
+
+    from safetensors.torch import load_file
+    from test_distributed import free_port
+
+    settings = dict(
+        max_steps=6, num_iterations=2, steps_per_generation=2, dataset_limit=8, learning_rate=0.05,
+        save_strategy="steps", save_steps=1,
+    )  # fmt: skip
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+    def train(recipe, *extra):
+        cmd = [*launch, "--master_port", str(free_port()), "-m", "gbpo.train", str(recipe), *extra]
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+
+    train(tiny_recipe(tmp_path / "reference", tiny_model_dir, **settings))
+    reference = tmp_path / "reference" / "out"
+    checkpoint = reference / "checkpoint-3"
+    buffers = {p.name for p in checkpoint.glob("generation_buffer_*.pt")}
+    assert buffers == {"generation_buffer_0.pt", "generation_buffer_1.pt"}  # one per rank
+
+    resumed = tmp_path / "resumed" / "out"
+    shutil.copytree(checkpoint, resumed / "checkpoint-3")
+    train(tiny_recipe(tmp_path / "resumed", tiny_model_dir, **settings), "--resume_from_checkpoint", "true")
+    got, want = steps(resumed), steps(reference)
+    for step in (4, 5, 6):
+        for key in ("loss", "reward", "grad_norm"):
+            assert (key in got[step]) == (key in want[step]), (step, key)
+            if key in want[step]:
+                assert got[step][key] == pytest.approx(want[step][key], rel=1e-5, abs=1e-7), (step, key)
+    trained, expected = load_file(resumed / "model.safetensors"), load_file(reference / "model.safetensors")
+    for name, tensor in expected.items():
+        torch.testing.assert_close(trained[name], tensor, rtol=1e-5, atol=1e-7, msg=name)

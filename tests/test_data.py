@@ -14,7 +14,7 @@ import pytest
 from gbpo.data import BENCHMARKS, INSTRUCTION, benchmark_path, build_prompt, data_dir, load_benchmark
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "data"
+DATA = REPO / "gbpo" / "benchmark_data"
 EXPECTED_ROWS = {"aime24": 30, "amc": 83, "math500": 500, "arithmetic": 200}
 
 
@@ -157,7 +157,7 @@ def test_unsupported_suffix(tmp_path):
         load_benchmark(str(path))
 
 
-@pytest.mark.parametrize("column", ["problem", "answer"])
+@pytest.mark.parametrize("column", ["problem"])
 def test_missing_column_names_column_file_and_columns(tmp_path, column):
     rows = [{k: v for k, v in row.items() if k != column} for row in ROWS]
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
@@ -203,7 +203,6 @@ def test_empty_file(tmp_path):
     ("rows", "expected"),
     [
         ([ROWS[0], {"id": "q7", "problem": "p", "answer": ""}], r"Row 1, id 'q7'.*'answer'"),
-        ([ROWS[0], {"id": "q8", "problem": "p", "answer": None}], r"Row 1, id 'q8'.*'answer'"),
         ([{"problem": "  ", "answer": "1"}], r"Row 0 .*'problem'"),
         ([{"problem": "p", "answer": "1"}, {"problem": None, "answer": "2"}], r"Row 1 .*'problem'"),
     ],
@@ -212,6 +211,31 @@ def test_empty_problem_or_answer_names_row(tmp_path, rows, expected):
     path = write_jsonl(tmp_path / "holes.jsonl", rows)
     with pytest.raises(ValueError, match=expected):
         load_benchmark(str(path))
+
+
+def test_unlabeled_file_needs_only_problem(tmp_path):
+    """TTRL trains on problems without gold answers: no answer column in the file, none in the dataset."""
+    path = write_jsonl(tmp_path / "unlabeled.jsonl", [{"problem": "What is 1 + 1?"}, {"problem": "What is 2 + 5?"}])
+    ds = load_benchmark(str(path), instruction="")
+    assert ds.column_names == ["problem", "prompt"]
+    assert ds["prompt"] == [
+        [{"role": "user", "content": "What is 1 + 1?"}],
+        [{"role": "user", "content": "What is 2 + 5?"}],
+    ]
+
+
+def test_null_answer_is_an_unlabeled_row(tmp_path):
+    path = write_jsonl(tmp_path / "partly.jsonl", [ROWS[0], {"id": "q8", "problem": "p", "answer": None}])
+    assert load_benchmark(str(path))["answer"] == ["2", None]
+
+
+def test_malformed_jsonl_names_line_and_column(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps(ROWS[1]) + "\n" + '{"problem": "p", "answer" "3"}\n')
+    with pytest.raises(ValueError) as err:
+        load_benchmark(str(path))
+    assert f"{path} is not valid JSON Lines at line 3, column 27: Expecting ':' delimiter." == str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained pyarrow traceback
 
 
 # ---------------------------------------------------------------- arithmetic generator
@@ -241,3 +265,42 @@ def test_arithmetic_reproducible_and_correct(tmp_path):
         assert row["answer"] == str(OPS[op](a, b)), row
         assert int(row["answer"]) >= 0
     assert used == set(OPS)
+
+
+# ---------------------------------------------------------------- the benchmarks inside a built wheel
+
+
+def test_wheel_ships_the_benchmarks(tmp_path):
+    """Build the wheel from a copy of the source, install it into a fresh virtual environment (offline, no
+    dependencies: they come from this environment) and load a benchmark there, far from the source tree."""
+    import shutil
+    import sysconfig
+
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "gbpo", src / "gbpo", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src], check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("gbpo-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True
+    ).stdout.strip()
+    # this environment's packages (datasets, ...) after the new venv's own, without the source tree's gbpo
+    ours = [p for p in sys.path if p.startswith(sysconfig.get_paths()["purelib"])]
+    (Path(site) / "parent_env.pth").write_text("\n".join(ours) + "\n")
+    subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", wheel],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    code = (
+        "import gbpo.data as d; from gbpo.data import load_benchmark; ds = load_benchmark('aime24'); "
+        "print(d.__file__); print(len(ds), ds[0]['answer'])"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("PYTHONPATH", "GBPO_DATA_DIR")}
+    result = subprocess.run([python, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    module, rows = result.stdout.strip().splitlines()[-2:]
+    assert module.startswith(site) and rows == f"30 {read_jsonl(DATA / 'aime24.jsonl')[0]['answer']}"

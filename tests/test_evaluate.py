@@ -6,11 +6,12 @@ import json
 import math
 
 import pytest
+from evaluation_check import check_metrics_independently
 
 from gbpo.evaluate import (
     compute_metrics,
     default_ks,
-    evaluate,
+    evaluate_benchmarks,
     load_model,
     main,
     maj_at_k,
@@ -21,6 +22,7 @@ from gbpo.evaluate import (
 )
 
 FAST = ["--num-samples", "4", "--max-new-tokens", "8", "--batch-size", "5", "--quiet", "--fallback-last-number"]
+TRANSFORMERS = ["--backend", "transformers"]
 
 # ---------------------------------------------------------------------------------------------------- pass@k
 
@@ -138,6 +140,63 @@ def test_compute_metrics_by_hand():
         compute_metrics([records[0], _record([True], [(1, True)])], [1])
 
 
+def test_graded_samples_to_metrics_by_hand():
+    """Samples -> extracted answers -> votes -> metrics, every number worked out by hand."""
+    from gbpo.evaluation.metrics import _score_problem
+
+    problems = [
+        # 1 of 4 correct; maj@1 "3" ok; maj@2 "3" vs "5" tie, first seen wins; maj@4 "5" wins 2 - 1
+        ("3", ["\\boxed{3}", "\\boxed{5}", "\\boxed{5}", "no answer"]),
+        # 2 of 4 (two spellings of 1/2); maj@4: 1/2 vs 7, 2 - 2, 1/2 seen first
+        ("1/2", ["\\boxed{0.5}", "\\boxed{\\frac{1}{2}}", "\\boxed{7}", "\\boxed{7}"]),
+        # 1 of 4; maj@4: 10 vs 4, 1 - 1, 10 seen first
+        ("10", ["\\boxed{10}", "y", "z", "\\boxed{4}"]),
+    ]
+    records = [{"answer": gold, **_score_problem(gold, texts, [1, 2, 4], False, "strict")} for gold, texts in problems]
+    assert [r["num_correct"] for r in records] == [1, 2, 1]
+    assert records[0]["extracted"] == ["3", "5", "5", None]
+    m = compute_metrics(records, [1, 2, 4])
+    assert m["avg@4"] == pytest.approx(1 / 3) and m["pass@1"] == pytest.approx(1 / 3)
+    # pass@2 = mean(1 - C(3,2)/C(4,2), 1 - C(2,2)/C(4,2), 1 - C(3,2)/C(4,2)) = mean(1/2, 5/6, 1/2)
+    assert m["pass@2"] == pytest.approx(11 / 18)
+    assert m["pass@4"] == 1.0
+    assert (m["maj@1"], m["maj@2"]) == (1.0, 1.0) and m["maj@4"] == pytest.approx(2 / 3)
+    assert m["answered_rate"] == pytest.approx(9 / 12)
+
+
+def test_lenient_extraction_is_the_default_and_strict_reads_boxes_only():
+    """The evaluation reads unboxed answers by default (like the Qwen2.5-Math evaluator); strict reads boxes only."""
+    from gbpo.evaluation.metrics import _score_problem
+
+    gold = "10455"
+    texts = [
+        "So the total is 10455 marbles. The final answer is $10{,}455$.",  # anchor + math: 10455
+        "We get \\[ x = 10455 \\]",  # last display math: x = 10455
+        "\\boxed{10455}",  # boxed: read by both
+        "It is 7, I think.",  # last number: 7
+    ]
+    lenient = _score_problem(gold, texts, [1, 4], False)
+    assert lenient["correct"] == [True, True, True, False]
+    assert lenient["votes"]["4"]["correct"] and lenient["votes"]["4"]["ratio"] == pytest.approx(3 / 4)
+    strict = _score_problem(gold, texts, [1, 4], False, "strict")
+    assert strict["extracted"] == [None, None, "10455", None]
+    assert strict["num_correct"] == 1 and not strict["votes"]["1"]["correct"] and strict["votes"]["4"]["correct"]
+    # strict + last number reads the last number of an unboxed completion, not its anchored answer
+    assert _score_problem(gold, texts, [1], True, "strict")["extracted"] == ["455", "10455", "10455", "7"]
+
+
+def test_answer_extraction_rejects_an_unknown_mode(capsys):
+    with pytest.raises(ValueError, match="answer_extraction must be one of"):
+        evaluate_benchmarks(None, None, ["arithmetic"], answer_extraction="loose")
+    with pytest.raises(SystemExit):
+        main(["--model", "x", "--answer-extraction", "loose"])
+    assert "--answer-extraction: invalid choice: 'loose'" in capsys.readouterr().err
+    from gbpo import GBPOConfig
+
+    with pytest.raises(ValueError, match="eval_answer_extraction must be one of"):
+        GBPOConfig(output_dir="/tmp/unused", eval_answer_extraction="loose")
+
+
 def test_reference_rows_by_model_id():
     rows = reference_rows("Qwen/Qwen2.5-Math-1.5B")
     assert [values["aime24"] for _, values, _ in rows] == [7.7, 15.8]
@@ -160,8 +219,8 @@ def test_summary_shows_references_beside_the_run():
 
 
 def _run(tiny_model_dir, out, *extra):
-    return main(["--model", str(tiny_model_dir), "--benchmarks", "arithmetic", "--limit", "3", *FAST, *extra,
-                 "--output-dir", str(out)])  # fmt: skip
+    return main(["--model", str(tiny_model_dir), "--benchmarks", "arithmetic", "--limit", "3", *FAST, *TRANSFORMERS,
+                 *extra, "--output-dir", str(out)])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +231,7 @@ def two_runs(tiny_model_dir, tmp_path_factory):
 
 def test_end_to_end_writes_results_summary_and_plot(two_runs):
     out, results = two_runs[0]
+    assert results["config"]["answer_extraction"] == "lenient"  # the default, like other evaluators
     assert {p.name for p in out.iterdir()} >= {"results.json", "summary.md", "pass_at_k.png"}
     assert (out / "pass_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "results.json").read_text())
@@ -186,9 +246,8 @@ def test_end_to_end_writes_results_summary_and_plot(two_runs):
         assert set(record["votes"]) == {"1", "2", "4"} and record["num_correct"] == sum(record["correct"])
         assert all(1 <= t <= 8 for t in record["completion_tokens"])
     m = bench["metrics"]
-    assert m["ks"] == [1, 2, 4] and m["pass@1"] == pytest.approx(m["avg@4"])
-    assert m["pass@1"] <= m["pass@2"] <= m["pass@4"]
-    assert m == compute_metrics(bench["records"], [1, 2, 4])
+    assert m["ks"] == [1, 2, 4]
+    check_metrics_independently(bench["records"], m, n=4, fallback_last_number=True)
     summary = (out / "summary.md").read_text()
     assert "## arithmetic" in summary and "| pass@1 | pass@2 | pass@4 | maj@1 | maj@2 | maj@4 |" in summary
     assert saved == json.loads(json.dumps(results))
@@ -218,19 +277,20 @@ def test_evaluate_api_restores_train_mode_padding_and_rng(tiny_model_dir, tmp_pa
     rng = torch.get_rng_state()
     kwargs = dict(num_samples=3, temperature=0.6, top_p=0.95, max_new_tokens=6, seed=3, batch_size=4, progress=False)
     benchmarks = {"probs": load_benchmark(str(path))}
-    first = evaluate(model, tokenizer, benchmarks, **kwargs)
+    first = evaluate_benchmarks(model, tokenizer, benchmarks, **kwargs)
     assert model.training and tokenizer.padding_side == "right" and not model.model.layers[0].training
     assert model.model.layers[1].training
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(p.grad is None for p in model.parameters())
     assert first["benchmarks"]["probs"]["metrics"]["ks"] == [1, 2, 3]
-    again = evaluate(model, tokenizer, [str(path)], **kwargs)  # by file name: the same prompts, the same seed
+    # by file name: the same prompts, the same seed
+    again = evaluate_benchmarks(model, tokenizer, [str(path)], **kwargs)
     samples = [r["samples"] for r in first["benchmarks"]["probs"]["records"]]
     assert [r["samples"] for r in again["benchmarks"]["probs"]["records"]] == samples
     with pytest.raises(ValueError, match="larger than the number of samples"):
-        evaluate(model, tokenizer, benchmarks, **kwargs | {"num_samples": 2}, ks=[4])
+        evaluate_benchmarks(model, tokenizer, benchmarks, **kwargs | {"num_samples": 2}, ks=[4])
     with pytest.raises(ValueError, match="lacks column"):
-        evaluate(model, tokenizer, {"x": datasets.Dataset.from_list([{"prompt": "hi"}])}, **kwargs)
+        evaluate_benchmarks(model, tokenizer, {"x": datasets.Dataset.from_list([{"prompt": "hi"}])}, **kwargs)
     assert model.training and tokenizer.padding_side == "right"
 
 
@@ -244,7 +304,7 @@ def test_peft_adapter_is_merged(tiny_model_dir, tmp_path):
     assert (adapter_dir / "adapter_config.json").is_file() and not (adapter_dir / "config.json").exists()
     model, tokenizer, _ = load_model(str(adapter_dir), device="cpu")
     assert not hasattr(model, "peft_config") and tokenizer.chat_template
-    results = main(["--model", str(adapter_dir), "--benchmarks", "arithmetic", "--limit", "1", *FAST,
+    results = main(["--model", str(adapter_dir), "--benchmarks", "arithmetic", "--limit", "1", *FAST, *TRANSFORMERS,
                     "--output-dir", str(tmp_path / "out")])  # fmt: skip
     assert len(results["benchmarks"]["arithmetic"]["records"]) == 1
 

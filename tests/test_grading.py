@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import gbpo.grading as grading
+import gbpo.grading.canonical as canonical
+import gbpo.grading.pool as pool
 from gbpo.grading import (
     Vote,
     answers_equivalent,
@@ -40,7 +41,7 @@ def continued_fraction(depth: int) -> str:
 @pytest.fixture
 def limits():
     """Set pool limits for one test and restore the defaults after it."""
-    saved = dict(grading._CONFIG)
+    saved = dict(pool._CONFIG)
     yield configure_grading
     configure_grading(**saved)
 
@@ -167,7 +168,7 @@ def test_extract_rejects_non_strings():
         ("(C)", "C", None),
         ("\\textbf{(C)}", "C", None),
         ("\\text{(b)}", "B", None),
-        ("\\text{Evelyn}", "Evelyn", None),
+        ("\\text{Evelyn}", "evelyn", None),  # text answers compare without case
         ("11\\sqrt2", "11\\sqrt{2}", None),
         ("x \\in [-2, 7]", "[-2,7]", None),
         ("y = -2x", "-2x", None),
@@ -178,7 +179,7 @@ def test_extract_rejects_non_strings():
     ],
 )
 def test_canonical_keys(raw, key, number):
-    c = grading._canon(raw)
+    c = canonical._canon(raw)
     assert (c.key, c.number) == (key, number)
 
 
@@ -212,7 +213,7 @@ def test_key_rules_decide_without_sympy():
     ids=lambda v: v if len(v) < 30 else f"{v[:12]}...[{len(v)} chars]",
 )
 def test_screen_keeps_pathological_answers_from_sympy(answer, reason):
-    assert grading._canon(answer).screen == reason
+    assert canonical._canon(answer).screen == reason
     before = grading_stats()
     start = time.monotonic()
     assert answers_equivalent(answer, "1") is False
@@ -225,7 +226,7 @@ def test_screen_keeps_pathological_answers_from_sympy(answer, reason):
     "answer", ["\\frac{1}{2}", "10!", "\\binom{10}{3}", "2^{10}", "(x+1)^2", "e^{i\\pi}", continued_fraction(5)]
 )
 def test_screen_lets_ordinary_answers_through(answer):
-    assert grading._canon(answer).screen is None
+    assert canonical._canon(answer).screen is None
 
 
 # ---------------------------------------------------------------------------------------------------- equivalence
@@ -438,12 +439,12 @@ def test_vote_does_not_round_to_six_digits():
 def test_pool_starts_lazily_and_shuts_down():
     shutdown_grading_pool()
     clear_grading_caches()
-    assert grading._POOL is None
+    assert pool._POOL is None
     answers_equivalent("142.0", "142")
     majority_vote(["1", "2", "1", None])
-    assert grading._POOL is None  # numbers never need a worker
+    assert pool._POOL is None  # numbers never need a worker
     assert answers_equivalent("\\sqrt{9}", "3")
-    workers = list(grading._POOL.workers)
+    workers = list(pool._POOL.workers)
     assert workers and all(w.proc.poll() is None for w in workers)
     shutdown_grading_pool()
     assert all(w.proc.poll() is not None for w in workers)
@@ -453,7 +454,7 @@ def test_pool_starts_lazily_and_shuts_down():
 def test_workers_run_under_the_memory_cap():
     clear_grading_caches()
     assert answers_equivalent("\\sqrt{16}", "4")
-    pid = next(w for w in grading._POOL.workers if w.ready).proc.pid
+    pid = next(w for w in pool._POOL.workers if w.ready).proc.pid
     limits = Path(f"/proc/{pid}/limits").read_text()
     line = next(line for line in limits.splitlines() if line.startswith("Max address space"))
     assert line.split()[3] == str(2048 * 1024 * 1024)
@@ -463,7 +464,7 @@ def test_memory_exhaustion_is_a_failure_not_a_crash(limits):
     shutdown_grading_pool()
     limits(memory_limit_mb=256)
     before = grading_stats()
-    statuses = grading._run_tasks([("alloc", (1 << 30,)), ("alloc", (1 << 20,))], time.monotonic() + 20)
+    statuses = pool._run_tasks([("alloc", (1 << 30,)), ("alloc", (1 << 20,))], time.monotonic() + 20)
     assert statuses == [("memory", "MemoryError"), ("ok", 1 << 20)]
     assert delta(before, "failures") == 1
     shutdown_grading_pool()  # the next tests get workers with the default cap
@@ -496,11 +497,11 @@ def test_uninterruptible_item_is_killed_at_its_timeout(limits, caplog):
     before = grading_stats()
     start = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="gbpo.grading"):
-        statuses = grading._run_tasks([("block", (60,)), ("sig", ("\\sqrt{2}",))], time.monotonic() + 30)
+        statuses = pool._run_tasks([("block", (60,)), ("sig", ("\\sqrt{2}",))], time.monotonic() + 30)
     elapsed = time.monotonic() - start
     assert statuses[0] == ("timeout", "killed")
     assert statuses[1][0] == "ok" and statuses[1][1][0] == "num"
-    assert elapsed < 1 + grading._KILL_GRACE_S + 1.5
+    assert elapsed < 1 + pool._KILL_GRACE_S + 1.5
     assert delta(before, "timeouts") == 1 and delta(before, "worker_kills") == 1
     assert "ignored its 1 s alarm" in caplog.text
     assert answers_equivalent("\\sqrt{36}", "6")  # the replacement worker grades
@@ -511,7 +512,7 @@ def test_batch_deadline_kills_busy_workers_and_recreates_them(limits):
     assert answers_equivalent("\\sqrt{49}", "7")
     before = grading_stats()
     start = time.monotonic()
-    statuses = grading._run_tasks([("block", (60,))] * 3, time.monotonic() + 1.0)
+    statuses = pool._run_tasks([("block", (60,))] * 3, time.monotonic() + 1.0)
     assert time.monotonic() - start < 1.0 + 1.0
     assert [s for s, _ in statuses] == ["unresolved"] * 3
     assert delta(before, "deadline_kills") == 1 and delta(before, "unresolved") == 3
@@ -521,32 +522,32 @@ def test_batch_deadline_kills_busy_workers_and_recreates_them(limits):
 def test_hanging_answer_through_the_public_api_meets_its_timeout(limits, monkeypatch):
     # Continued fractions make the LaTeX parser take exponential time; without the screen, the alarm stops it.
     limits(item_timeout_s=1)
-    monkeypatch.setattr(grading, "_screen", lambda s: None)
+    monkeypatch.setattr(canonical, "_screen", lambda s: None)
     hang = continued_fraction(24)
-    grading._canon.cache_clear()
+    canonical._canon.cache_clear()
     before = grading_stats()
     start = time.monotonic()
     assert answers_equivalent(hang, "\\frac{1}{2}") is False
-    assert time.monotonic() - start < 1 + grading._KILL_GRACE_S + 1.5
+    assert time.monotonic() - start < 1 + pool._KILL_GRACE_S + 1.5
     assert delta(before, "timeouts") == 1
     start = time.monotonic()
     assert answers_equivalent(hang, "\\frac{1}{3}") is False  # a timeout is remembered: no second wait
     assert time.monotonic() - start < 0.5
-    grading._canon.cache_clear()
+    canonical._canon.cache_clear()
 
 
 def test_vote_with_hanging_answers_meets_its_deadline(limits, monkeypatch):
     limits(item_timeout_s=20, batch_deadline_s=1.5)
-    monkeypatch.setattr(grading, "_screen", lambda s: None)
+    monkeypatch.setattr(canonical, "_screen", lambda s: None)
     hangs = [continued_fraction(25), continued_fraction(26)]
-    grading._canon.cache_clear()
+    canonical._canon.cache_clear()
     before = grading_stats()
     start = time.monotonic()
     vote = majority_vote([hangs[0], "\\sqrt{2}", hangs[1], hangs[0], "\\sqrt{2}", "\\sqrt{2}"])
     assert time.monotonic() - start < 1.5 + 1.0
     assert vote == Vote("\\sqrt{2}", 0.5, [False, True, False, False, True, True])  # hangs compare by key only
     assert delta(before, "deadline_kills") == 1
-    grading._canon.cache_clear()
+    canonical._canon.cache_clear()
 
 
 def test_fractional_timeouts_are_refused(limits):
@@ -567,14 +568,14 @@ def test_caches_can_be_cleared():
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_forked_child_gets_its_own_pool():
     assert answers_equivalent("\\sqrt{100}", "10")
-    parent_pids = sorted(w.proc.pid for w in grading._POOL.workers)
+    parent_pids = sorted(w.proc.pid for w in pool._POOL.workers)
     pid = os.fork()
     if pid == 0:  # the child: the inherited pool belongs to the parent, so it must start its own
         code = 2
         try:
             ok = (
                 answers_equivalent("\\sqrt{121}", "11")
-                and sorted(w.proc.pid for w in grading._POOL.workers) != parent_pids
+                and sorted(w.proc.pid for w in pool._POOL.workers) != parent_pids
             )
             code = 0 if ok else 1
             shutdown_grading_pool()
@@ -587,16 +588,16 @@ def test_forked_child_gets_its_own_pool():
             break
         time.sleep(0.05)
     assert done and os.waitstatus_to_exitcode(status) == 0
-    assert sorted(w.proc.pid for w in grading._POOL.workers) == parent_pids
+    assert sorted(w.proc.pid for w in pool._POOL.workers) == parent_pids
     assert answers_equivalent("\\sqrt{144}", "12")  # the parent's workers were left alone
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_leave_with_the_process():
     code = (
-        "import gbpo.grading as g\n"
+        "import gbpo.grading as g, gbpo.grading.pool as p\n"
         "assert g.answers_equivalent('\\\\sqrt{4}', '2')\n"
-        "print(' '.join(str(w.proc.pid) for w in g._POOL.workers))\n"
+        "print(' '.join(str(w.proc.pid) for w in p._POOL.workers))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True

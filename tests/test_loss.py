@@ -1,4 +1,4 @@
-"""The GBPO maths against hand-worked numbers (GBPO.md sections 2 and 3)."""
+"""The GBPO maths against hand-worked numbers (paper 4.1, 4.5, 4.6; docs/algorithm.md)."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 
 from gbpo.loss import gbpo_advantages, gbpo_per_token_loss, importance_ratio, target_ratio
 
-D = 1e-4  # delta added to the std (TRL's constant)
+D = 1e-4  # std_eps added to the std (TRL's constant)
 
 
 def adv(rewards, g, **kw):
@@ -118,10 +118,18 @@ def test_weight_advantages_match_trl_grpo_formula():
 
 
 def test_nan_rewards_are_left_out_and_get_zero_advantage():
+    # The group of four above with a NaN among them: the statistics of [1, 2, 4, 7], and 0 for the NaN.
     a, t = adv([1.0, 2.0, float("nan"), 4.0, 7.0], 5)
-    a_ref, t_ref = adv([1.0, 2.0, 4.0, 7.0], 4)
-    close(a, [a_ref[0], a_ref[1], 0.0, a_ref[2], a_ref[3]])
-    close(t, [t_ref[0], t_ref[1], 0.0, t_ref[2], t_ref[3]])
+    s = math.sqrt(7) + D
+    close(a, [-2.5 / s, -1.5 / s, 0.0, 0.5 / s, 3.5 / s])
+    close(t, [-2 / s, -1 / s, 0.0, 1 / s, 4 / s])
+
+
+def test_std_eps_is_added_to_the_std():
+    a, t = adv([1.0, 2.0, 4.0, 7.0], 4, std_eps=0.0)
+    close(a, [-2.5 / math.sqrt(7), -1.5 / math.sqrt(7), 0.5 / math.sqrt(7), 3.5 / math.sqrt(7)])
+    a, _ = adv([1.0, 2.0, 4.0, 7.0], 4, std_eps=1.0)
+    close(a, [-2.5 / (math.sqrt(7) + 1), -1.5 / (math.sqrt(7) + 1), 0.5 / (math.sqrt(7) + 1), 3.5 / (math.sqrt(7) + 1)])
 
 
 def test_mean_baseline_is_the_ablation():
@@ -196,7 +204,7 @@ def test_quantile_equals_median_for_symmetric_bounds():
 
 
 def test_cem_limit_zero_target_below_threshold():
-    # eps_low = 1: r* = 0 below the threshold, only the top p = 1 / (1 + eps_high) is kept (GBPO.md 3).
+    # eps_low = 1: r* = 0 below the threshold, only the top p = 1 / (1 + eps_high) is kept (paper 4.6).
     _, t = adv([1.0, 2.0, 4.0, 7.0], 4, epsilon_low=1.0)
     close(target_ratio(t, epsilon_low=1.0), [0.0, 0.0, 1.3, 1.3])
 
@@ -289,6 +297,7 @@ def test_full_step_moves_ratios_towards_targets():
         (dict(epsilon_high=0.0), "epsilon_high"),
         (dict(target_baseline="mode"), "target_baseline.*median"),
         (dict(scale_rewards="std"), "scale_rewards.*group"),
+        (dict(std_eps=-1e-4), "std_eps"),
     ],
 )
 def test_bad_arguments_raise_naming_the_argument(kwargs, match):

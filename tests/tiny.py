@@ -29,16 +29,30 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def make_model(tokenizer, seed: int = 0):
+# vLLM's CPU attention kernels take head sizes from 32 up (not the 8 of the default tiny model), and the paper's
+# AIME prompts need more positions than 512 with a character-level tokenizer.
+VLLM_SHAPE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "max_position_embeddings": 4096,
+}
+
+
+def make_model(tokenizer, seed: int = 0, **shape):
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        **{
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 512,
+            **shape,
+        },
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
@@ -50,10 +64,13 @@ def make_model(tokenizer, seed: int = 0):
     return model
 
 
-def save_tiny(path: str | Path, seed: int = 0) -> Path:
-    """Save the tiny model and tokenizer to ``path`` (a directory that `from_pretrained` loads)."""
+def save_tiny(path: str | Path, seed: int = 0, **shape) -> Path:
+    """Save the tiny model and tokenizer to ``path`` (a directory that `from_pretrained` and vLLM load).
+
+    ``shape`` overrides Qwen2Config keys, e.g. ``**VLLM_SHAPE`` for a model vLLM's CPU kernels accept.
+    """
     path = Path(path)
     tokenizer = make_tokenizer()
-    make_model(tokenizer, seed).save_pretrained(path)
+    make_model(tokenizer, seed, **shape).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
