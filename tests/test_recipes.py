@@ -66,6 +66,9 @@ def test_paper_recipe_matches_the_reference(recipe):
     assert (args.learning_rate, args.lr_scheduler_type.value, args.warmup_steps) == (5e-7, "cosine", 0.03)
     assert (args.beta, args.temperature, args.gbpo_temperature) == (0.001, 1.0, 1e-4)
     assert args.loss_type == "gbpo" and args.target_baseline == "median"
+    # evaluation avg@16 at T 0.6 / top_p 0.95, up to the training response length
+    assert (args.eval_num_samples, args.eval_temperature, args.eval_top_p) == (16, 0.6, 0.95)
+    assert args.eval_max_new_tokens is None  # -> max_completion_length, 3072
     # per data set
     assert (args.epsilon, args.epsilon_high or args.epsilon) == (row["eps"], row["eps"])
     assert (args.num_iterations, args.num_train_epochs, args.entropy_coef) == (

@@ -375,3 +375,51 @@ def test_two_ranks_keep_the_same_number_of_rows(tiny_model_dir, tmp_path):
             assert all(abs(a) > 0 for a, used in zip(b["advantages"], b["in_loss_rows"], strict=True) if used)
         uneven += informative[0] != informative[1]
     assert uneven > 0, "the sampler never split the informative groups unevenly: the test saw no filler"
+
+
+def test_resume_mid_cycle_is_exact_when_rows_are_dropped(tmp_path, tiny_model_dir, monkeypatch):
+    """gbpo.checkpoints saves TRL's generation buffer mid-cycle; with vote-4/train-2 and group filtering it holds
+    only the kept rows (at most 4 of the 8 generated per process). A SIGTERM during step 3 of a 4-step cycle
+    (num_iterations 2 x steps_per_generation 2), then a resume, logs the same steps and ends with the same weights."""
+    import signal
+
+    from test_checkpoints import steps
+    from test_train import tiny_recipe
+
+    import gbpo.checkpoints
+    from gbpo.train import main
+
+    settings = dict(
+        max_steps=8, num_iterations=2, steps_per_generation=2, dataset_limit=8, save_strategy="no", learning_rate=0.05,
+        num_train_generations=2, drop_uninformative_groups=True, max_extra_generation_rounds=1,
+    )  # fmt: skip
+    reference = main([str(tiny_recipe(tmp_path / "reference", tiny_model_dir, **settings))])
+
+    class SigtermDuringStep3(gbpo.checkpoints.PreemptionCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                signal.raise_signal(signal.SIGTERM)
+
+    recipe = tiny_recipe(tmp_path / "preempted", tiny_model_dir, **settings)
+    out = tmp_path / "preempted" / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(gbpo.checkpoints, "PreemptionCallback", SigtermDuringStep3)
+        preempted = main([str(recipe)])
+    assert preempted.preempted and preempted.state.global_step == 3
+    buffer = torch.load(out / "checkpoint-3" / "generation_buffer_0.pt", weights_only=False)
+    rows = [chunk["completion_ids"].size(0) for chunk in buffer["buffered_inputs"]]
+    assert len(rows) == 2 and rows[0] == rows[1] and sum(rows) <= 4  # kept rows only, split evenly
+
+    resumed = main([str(recipe), "--resume_from_checkpoint", "true"])
+    assert resumed.state.global_step == 8
+    got, want = steps(out), {m["step"]: m for m in reference.state.log_history if "loss" in m}
+    assert sorted(got) == sorted(want) == list(range(1, 9))
+    assert any(m.get("rows/groups_dropped", 0) > 0 for m in want.values())  # groups were dropped in this run
+    for step in range(1, 9):
+        for key in ("loss", "grad_norm", "reward", "rows/trained_per_step", "rows/groups_dropped"):
+            assert (key in got[step]) == (key in want[step]), (step, key)
+            if key in want[step]:
+                assert got[step][key] == pytest.approx(want[step][key], rel=1e-5, abs=1e-7), (step, key)
+    trained, expected = resumed.model.state_dict(), reference.model.state_dict()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(trained[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
