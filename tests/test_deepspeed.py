@@ -43,7 +43,7 @@ def accelerate_launch(stage: int) -> list[str]:
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stage_votes_and_target_ratios_equal_one_process(tiny_model_dir, tmp_path, stage):
-    run_two_ranks([*accelerate_launch(stage), "--gradient_accumulation_steps", "2"], tmp_path, tiny_model_dir)
+    run_two_ranks([*accelerate_launch(stage), "--gradient_accumulation_steps", "3"], tmp_path, tiny_model_dir)
     check_two_rank_records(tmp_path, zero_stage=stage)
 
 
