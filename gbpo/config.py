@@ -16,6 +16,9 @@ __all__ = ["GBPOConfig"]
 GBPO_EPSILON = 0.3
 TRL_EPSILON = next(f.default for f in fields(GRPOConfig) if f.name == "epsilon")
 
+# Loss types computed by GBPOTrainer itself (token mean over the mini-batch, as GBPO); every other one is TRL's.
+OWN_LOSSES = ("gbpo", "r2vpo", "ppo_br")
+
 
 @dataclass
 class GBPOConfig(GRPOConfig):
@@ -34,8 +37,9 @@ class GBPOConfig(GRPOConfig):
 
     Parameters:
         loss_type (`str`, defaults to `"gbpo"`):
-            `"gbpo"`, or any TRL loss type. GBPO aggregates as the reference implementation: the token-mean over the
-            whole mini-batch (sum of token losses over every process and accumulation step / number of tokens).
+            `"gbpo"`, `"r2vpo"`, `"ppo_br"` (the two other trust-region replacements, below) or any TRL loss type.
+            These three aggregate as the GBPO reference implementation: the token-mean over the whole mini-batch
+            (sum of token losses over every process and accumulation step / number of tokens).
         epsilon (`float`, *optional*):
             `eps_low`, in (0, 1] for GBPO; 1 is the cross-entropy-method limit (paper 4.6, docs/algorithm.md). `None`
             (default) resolves at construction to 0.3 (the GBPO reference) with `loss_type="gbpo"` and to TRL's
@@ -89,6 +93,21 @@ class GBPOConfig(GRPOConfig):
         the generation batch, all rounds, left out as uninformative) and `rows/extra_generation_rounds`. TRL's
         `reward*`, `rewards/*` and `frac_reward_zero_std` describe every generated completion (all `num_generations`
         votes, every round), not only the trained ones; `completions/*` likewise.
+        r2vpo_delta (`float`, defaults to `0.01`), r2vpo_lambda_init (`float`, defaults to `1.0`), r2vpo_eta
+        (`float`, defaults to `10.0`):
+            `loss_type="r2vpo"` (arXiv 2601.03320; docs/algorithm.md): per token `-rho * A + lambda * (rho - 1)^2`,
+            token mean as GBPO; after each optimizer step `lambda <- max(0, lambda + eta * (v - delta))`, `v` the
+            step's token mean of `(rho - 1)^2`. `delta` is the variance target (0.01: a ratio std of about 0.1),
+            `eta = 0` keeps a fixed penalty. Logged: `r2vpo/lambda`, `r2vpo/ratio_variance`.
+        ppo_br_lambda_1 (`float`, defaults to `0.5`), ppo_br_lambda_2 (`float`, defaults to `0.3`),
+        ppo_br_epsilon_min (`float`, defaults to `0.1`), ppo_br_epsilon_max (`float`, defaults to `0.4`),
+        ppo_br_reward_window (`int`, defaults to `10`):
+            `loss_type="ppo_br"` (arXiv 2505.17714; docs/algorithm.md): PPO's clipped loss (token mean) with the clip
+            range `eps_t = clamp(epsilon * (1 + lambda_1 tanh(phi) - lambda_2 tanh(psi)), epsilon_min, epsilon_max)`
+            set after each optimizer step for the next one: `phi = H_t / H_ref` (mean token entropy over the first
+            step's), `psi` the relative rise of the mean reward over the last `ppo_br_reward_window` steps against
+            the window before, clipped to [0, 1]. `epsilon` is `eps_0` (TRL's 0.2 by default). Logged:
+            `ppo_br/epsilon`, `ppo_br/phi`, `ppo_br/psi`.
 
     Raises:
         ValueError: at construction, for a GBPO key out of range or a TRL option the GBPO loss cannot honour
@@ -98,7 +117,10 @@ class GBPOConfig(GRPOConfig):
 
     loss_type: str = field(
         default="gbpo",
-        metadata={"help": "'gbpo' (default), or any TRL GRPO loss type ('grpo', 'dapo', 'bnpo', 'dr_grpo', ...)."},
+        metadata={
+            "help": "'gbpo' (default), 'r2vpo', 'ppo_br', or any TRL GRPO loss type ('grpo', 'dapo', 'bnpo', "
+            "'dr_grpo', ...)."
+        },
     )
     epsilon: float | None = field(
         default=None,
@@ -178,6 +200,21 @@ class GBPOConfig(GRPOConfig):
         },
     )
 
+    r2vpo_delta: float = field(
+        default=0.01, metadata={"help": "R2VPO: target of the ratio variance mean (rho - 1)^2 (> 0)."}
+    )
+    r2vpo_lambda_init: float = field(default=1.0, metadata={"help": "R2VPO: initial Lagrange multiplier (>= 0)."})
+    r2vpo_eta: float = field(
+        default=10.0, metadata={"help": "R2VPO: dual step size (>= 0; 0 keeps lambda fixed at r2vpo_lambda_init)."}
+    )
+    ppo_br_lambda_1: float = field(default=0.5, metadata={"help": "PPO-BR: weight of the entropy term (>= 0)."})
+    ppo_br_lambda_2: float = field(default=0.3, metadata={"help": "PPO-BR: weight of the reward term (>= 0)."})
+    ppo_br_epsilon_min: float = field(default=0.1, metadata={"help": "PPO-BR: smallest clip range (> 0)."})
+    ppo_br_epsilon_max: float = field(default=0.4, metadata={"help": "PPO-BR: largest clip range (<= 1)."})
+    ppo_br_reward_window: int = field(
+        default=10, metadata={"help": "PPO-BR: steps per window of the reward trend (>= 1)."}
+    )
+
     vllm_dtype: str = field(
         default="auto",
         metadata={
@@ -204,8 +241,9 @@ class GBPOConfig(GRPOConfig):
         if self.vllm_dtype not in VLLM_DTYPES:
             raise ValueError(f"vllm_dtype must be one of {VLLM_DTYPES}, got {self.vllm_dtype!r}.")
         self._check_rows()
-        if self.loss_type != "gbpo":
+        if self.loss_type not in OWN_LOSSES:
             return
+        self._check_trust_region_keys()
         epsilon_high = self.epsilon if self.epsilon_high is None else self.epsilon_high
         _check_epsilons(self.epsilon, epsilon_high)
         _check_temperature(self.gbpo_temperature)
@@ -225,8 +263,8 @@ class GBPOConfig(GRPOConfig):
         for key, (bad, allowed) in unsupported.items():
             if bad:
                 raise ValueError(
-                    f"{key}={getattr(self, key)!r} is not supported with loss_type='gbpo': set it to {allowed}, "
-                    "or pick a TRL loss_type."
+                    f"{key}={getattr(self, key)!r} is not supported with loss_type={self.loss_type!r}: set it to "
+                    f"{allowed}, or pick a TRL loss_type."
                 )
 
     def _check_rows(self):
@@ -257,11 +295,37 @@ class GBPOConfig(GRPOConfig):
                     "of rows: change per_device_train_batch_size or num_train_generations."
                 )
         if (
-            self.loss_type == "gbpo"
+            self.loss_type in OWN_LOSSES
             and (self.steps_per_generation * self.num_iterations) % self.gradient_accumulation_steps
         ):
             raise ValueError(
                 f"gradient_accumulation_steps={self.gradient_accumulation_steps} must divide steps_per_generation="
-                f"{self.steps_per_generation} x num_iterations={self.num_iterations} with loss_type='gbpo', so that "
+                f"{self.steps_per_generation} x num_iterations={self.num_iterations} with "
+                f"loss_type={self.loss_type!r}, so that "
                 "each optimizer step's mini-batch is known when its token mean is taken: change one of these keys."
             )
+
+    def _check_trust_region_keys(self) -> None:
+        checks = {
+            "r2vpo_delta": self.r2vpo_delta > 0,
+            "r2vpo_lambda_init": self.r2vpo_lambda_init >= 0,
+            "r2vpo_eta": self.r2vpo_eta >= 0,
+            "ppo_br_lambda_1": self.ppo_br_lambda_1 >= 0,
+            "ppo_br_lambda_2": self.ppo_br_lambda_2 >= 0,
+            "ppo_br_epsilon_min": 0 < self.ppo_br_epsilon_min <= self.ppo_br_epsilon_max,
+            "ppo_br_epsilon_max": self.ppo_br_epsilon_max <= 1,
+            "ppo_br_reward_window": self.ppo_br_reward_window >= 1,
+        }
+        allowed = {
+            "r2vpo_delta": "> 0",
+            "r2vpo_lambda_init": ">= 0",
+            "r2vpo_eta": ">= 0",
+            "ppo_br_lambda_1": ">= 0",
+            "ppo_br_lambda_2": ">= 0",
+            "ppo_br_epsilon_min": "> 0 and <= ppo_br_epsilon_max",
+            "ppo_br_epsilon_max": "<= 1",
+            "ppo_br_reward_window": ">= 1",
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{key} must be {allowed[key]}, got {getattr(self, key)!r}.")

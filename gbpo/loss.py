@@ -26,6 +26,11 @@ __all__ = [
     "gbpo_advantages",
     "gbpo_per_token_loss",
     "importance_ratio",
+    "ppo_br_epsilon",
+    "ppo_clip_per_token_loss",
+    "r2vpo_dual_update",
+    "r2vpo_per_token_loss",
+    "reward_trend",
     "target_ratio",
 ]
 
@@ -236,6 +241,27 @@ def importance_ratio(per_token_logps: torch.Tensor, old_per_token_logps: torch.T
     return torch.exp(torch.clamp(log_ratio, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
 
 
+def _check_logps(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor) -> None:
+    if per_token_logps.shape != old_per_token_logps.shape:
+        raise ValueError(
+            f"per_token_logps {tuple(per_token_logps.shape)} and old_per_token_logps "
+            f"{tuple(old_per_token_logps.shape)} must have the same (B, T) shape."
+        )
+
+
+def _per_row(x: torch.Tensor, name: str, per_token_logps: torch.Tensor) -> torch.Tensor:
+    """A per-completion (B,) / (B, 1) or per-token (B, T) constant, detached, as (B, 1) or (B, T)."""
+    x = x.detach()
+    if x.dim() == 1:
+        x = x.unsqueeze(1)
+    if x.dim() != 2 or x.shape[0] != per_token_logps.shape[0] or x.shape[1] not in (1, per_token_logps.shape[1]):
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}; expected (B,), (B, 1) or (B, T) with (B, T) = "
+            f"{tuple(per_token_logps.shape)}."
+        )
+    return x
+
+
 def gbpo_per_token_loss(
     per_token_logps: torch.Tensor,
     old_per_token_logps: torch.Tensor,
@@ -265,24 +291,173 @@ def gbpo_per_token_loss(
     """
     if not tv_coef >= 0.0:
         raise ValueError(f"tv_coef must be >= 0, got {tv_coef}.")
-    if per_token_logps.shape != old_per_token_logps.shape:
-        raise ValueError(
-            f"per_token_logps {tuple(per_token_logps.shape)} and old_per_token_logps "
-            f"{tuple(old_per_token_logps.shape)} must have the same (B, T) shape."
-        )
+    _check_logps(per_token_logps, old_per_token_logps)
 
-    def per_row(x: torch.Tensor, name: str) -> torch.Tensor:
-        x = x.detach()
-        if x.dim() == 1:
-            x = x.unsqueeze(1)
-        if x.dim() != 2 or x.shape[0] != per_token_logps.shape[0] or x.shape[1] not in (1, per_token_logps.shape[1]):
-            raise ValueError(
-                f"{name} has shape {tuple(x.shape)}; expected (B,), (B, 1) or (B, T) with (B, T) = "
-                f"{tuple(per_token_logps.shape)}."
-            )
-        return x
-
-    weight = per_row(advantages, "advantages").abs() + tv_coef
-    target = per_row(target_ratios, "target_ratios")
+    weight = _per_row(advantages, "advantages", per_token_logps).abs() + tv_coef
+    target = _per_row(target_ratios, "target_ratios", per_token_logps)
     rho = importance_ratio(per_token_logps, old_per_token_logps)
     return weight * (rho - target).abs()
+
+
+# ---------------------------------------------------------------------------------------------- R2VPO and PPO-BR
+# The two other trust-region replacements compared with GBPO (docs/algorithm.md, "R2VPO and PPO-BR"). Their state
+# across steps (R2VPO's dual variable, PPO-BR's entropy reference and reward window) lives in gbpo/trust_region.py.
+
+
+def r2vpo_per_token_loss(
+    per_token_logps: torch.Tensor,
+    old_per_token_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    lagrange_multiplier: float,
+) -> torch.Tensor:
+    r"""R2VPO's primal loss per token: ``-rho * A + lambda * (rho - 1)^2``.
+
+    Ratio-variance regularised policy optimisation (arXiv 2601.03320, 2605.26784): no clip; the surrogate
+    ``E[rho A]`` is maximised under the soft constraint ``E[(rho - 1)^2] <= delta`` (a chi-square trust region),
+    relaxed with the Lagrange multiplier ``lambda`` that :func:`r2vpo_dual_update` moves after each optimizer step.
+    The gradient in ``log rho`` is ``rho * (-A + 2 lambda (rho - 1))``: it pushes a token up when ``A > 0`` until
+    ``rho = 1 + A / (2 lambda)``, where the penalty balances the advantage.
+
+    Args:
+        per_token_logps: (B, T) current-policy log-probabilities (the only input with gradient).
+        old_per_token_logps: (B, T) log-probabilities under the sampling policy (constants).
+        advantages: (B,), (B, 1) or (B, T) advantages ``A`` (constants).
+        lagrange_multiplier: ``lambda >= 0``, dimensionless.
+
+    Returns:
+        (B, T) per-token losses (padding not masked; aggregation is the caller's, the token mean as for GBPO).
+
+    Raises:
+        ValueError: ``lagrange_multiplier < 0`` or shapes that do not broadcast to (B, T).
+    """
+    if not lagrange_multiplier >= 0.0:
+        raise ValueError(f"lagrange_multiplier (R2VPO's lambda) must be >= 0, got {lagrange_multiplier}.")
+    _check_logps(per_token_logps, old_per_token_logps)
+    rho = importance_ratio(per_token_logps, old_per_token_logps)
+    return -rho * _per_row(advantages, "advantages", per_token_logps) + lagrange_multiplier * (rho - 1.0) ** 2
+
+
+def r2vpo_dual_update(lagrange_multiplier: float, ratio_variance: float, delta: float, eta: float) -> float:
+    r"""R2VPO's dual step after an optimizer step: ``lambda <- max(0, lambda + eta * (v - delta))``.
+
+    Projected gradient ascent on the dual of the ratio-variance constraint (arXiv 2601.03320): ``lambda`` grows
+    while the measured variance ``v = mean (rho - 1)^2`` over the step's loss tokens exceeds the target ``delta``
+    and shrinks (never below 0) while it is under it. ``eta = 0`` keeps the fixed-penalty variant.
+
+    Args:
+        lagrange_multiplier: current ``lambda >= 0``.
+        ratio_variance: ``v >= 0``, the token mean of ``(rho - 1)^2`` over the step (all processes).
+        delta: the variance target ``> 0`` (0.01: a ratio standard deviation of about 0.1).
+        eta: dual step size ``>= 0``.
+
+    Returns:
+        The new ``lambda`` (a float >= 0).
+
+    Raises:
+        ValueError: a negative ``lambda``, ``v`` or ``eta``, or ``delta <= 0``.
+    """
+    if not (lagrange_multiplier >= 0.0 and ratio_variance >= 0.0 and eta >= 0.0 and delta > 0.0):
+        raise ValueError(
+            f"r2vpo_dual_update needs lambda >= 0, v >= 0, eta >= 0 and delta > 0; got lambda={lagrange_multiplier}, "
+            f"v={ratio_variance}, eta={eta}, delta={delta}."
+        )
+    return max(0.0, lagrange_multiplier + eta * (ratio_variance - delta))
+
+
+def ppo_clip_per_token_loss(
+    per_token_logps: torch.Tensor,
+    old_per_token_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon_low: float,
+    epsilon_high: float,
+) -> torch.Tensor:
+    r"""PPO's clipped surrogate per token: ``-min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A)``.
+
+    Schulman et al. 2017 (arXiv 1707.06347, eq. 7), the per-token loss of GRPO and of PPO-BR (arXiv 2505.17714), whose
+    clip range :func:`ppo_br_epsilon` changes every step. The ratio is :func:`importance_ratio` (clamped exp).
+
+    Args:
+        per_token_logps: (B, T) current-policy log-probabilities (the only input with gradient).
+        old_per_token_logps: (B, T) sampling-policy log-probabilities (constants).
+        advantages: (B,), (B, 1) or (B, T) advantages (constants).
+        epsilon_low, epsilon_high: the clip range, ``0 < eps_low <= 1``, ``eps_high > 0``.
+
+    Returns:
+        (B, T) per-token losses; the gradient is zero where the clip is active for the advantage's sign.
+
+    Raises:
+        ValueError: epsilons out of range or shapes that do not broadcast to (B, T).
+    """
+    _check_epsilons(epsilon_low, epsilon_high)
+    _check_logps(per_token_logps, old_per_token_logps)
+    a = _per_row(advantages, "advantages", per_token_logps)
+    rho = importance_ratio(per_token_logps, old_per_token_logps)
+    return -torch.minimum(rho * a, rho.clamp(1.0 - epsilon_low, 1.0 + epsilon_high) * a)
+
+
+def reward_trend(rewards: list[float] | tuple[float, ...], window: int) -> float:
+    r"""PPO-BR's reward signal ``dR``: relative change of the mean reward between two consecutive windows.
+
+    ``dR = (mean(last w) - mean(the w before)) / (|mean(the w before)| + 1e-8)`` (arXiv 2505.17714; docs/algorithm.md).
+    0 until ``2 w`` values are known.
+
+    Args:
+        rewards: mean reward of each step so far, oldest first.
+        window: ``w >= 1``, in steps.
+
+    Returns:
+        ``dR`` as a float (unbounded; :func:`ppo_br_epsilon` clips it to [0, 1]).
+
+    Raises:
+        ValueError: ``window < 1``.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}.")
+    if len(rewards) < 2 * window:
+        return 0.0
+    last = sum(rewards[-window:]) / window
+    before = sum(rewards[-2 * window : -window]) / window
+    return (last - before) / (abs(before) + 1e-8)
+
+
+def ppo_br_epsilon(
+    epsilon_0: float,
+    entropy: float,
+    entropy_ref: float,
+    reward_change: float,
+    lambda_1: float = 0.5,
+    lambda_2: float = 0.3,
+    epsilon_min: float = 0.1,
+    epsilon_max: float = 0.4,
+) -> tuple[float, float, float]:
+    r"""PPO-BR's clip range ``eps_t = clamp(eps_0 (1 + l1 tanh(phi) - l2 tanh(psi)), eps_min, eps_max)``.
+
+    Dual-signal trust region (arXiv 2505.17714): ``phi = clamp(H / H_ref, 0, 1)`` (policy entropy relative to the
+    entropy at the first step) widens the range while the policy still explores; ``psi = clamp(dR, 0, 1)`` (the
+    :func:`reward_trend`) narrows it while the reward rises.
+
+    Args:
+        epsilon_0: base range ``> 0``.
+        entropy: ``H >= 0``, mean token entropy (nats).
+        entropy_ref: ``H_ref > 0`` (nats).
+        reward_change: ``dR``.
+        lambda_1, lambda_2: weights ``>= 0`` of the entropy and reward terms.
+        epsilon_min, epsilon_max: the clamp, ``0 < eps_min <= eps_max``.
+
+    Returns:
+        ``(eps_t, phi, psi)`` as floats.
+
+    Raises:
+        ValueError: an argument out of its range.
+    """
+    if not (epsilon_0 > 0 and entropy >= 0 and entropy_ref > 0 and lambda_1 >= 0 and lambda_2 >= 0):
+        raise ValueError(
+            f"ppo_br_epsilon needs epsilon_0 > 0, entropy >= 0, entropy_ref > 0, lambda_1 >= 0 and lambda_2 >= 0; got "
+            f"{epsilon_0}, {entropy}, {entropy_ref}, {lambda_1}, {lambda_2}."
+        )
+    if not 0 < epsilon_min <= epsilon_max:
+        raise ValueError(f"need 0 < epsilon_min <= epsilon_max, got {epsilon_min}, {epsilon_max}.")
+    phi = min(max(entropy / entropy_ref, 0.0), 1.0)
+    psi = min(max(reward_change, 0.0), 1.0)
+    eps = epsilon_0 * (1.0 + lambda_1 * math.tanh(phi) - lambda_2 * math.tanh(psi))
+    return min(max(eps, epsilon_min), epsilon_max), phi, psi

@@ -6,7 +6,9 @@ PEFT, DeepSpeed, logging and checkpoints are inherited unchanged. The hooks that
 * `_calculate_rewards` keeps TRL's rewards, gathered over every process, and `_generate_and_score_completions` turns
   them into the per-completion target ratios ``r*`` (and GBPO's advantages, equal to TRL's), so groups split across
   ranks see their whole group; it also applies vote-N/train-M (``num_train_generations``);
-* `_compute_loss` computes GBPO's loss when ``loss_type == "gbpo"`` and defers to TRL for every other loss type.
+* `_compute_loss` computes GBPO's loss when ``loss_type == "gbpo"`` (R2VPO's and PPO-BR's for ``"r2vpo"`` /
+  ``"ppo_br"``, whose cross-step state is a `gbpo.trust_region.TrustRegionState` moved after every optimizer step and
+  saved in checkpoints) and defers to TRL for every other loss type.
 
 Benchmark evaluation during training is a callback, `gbpo.evaluation.callback.BenchmarkEvalCallback`.
 """
@@ -14,13 +16,21 @@ Benchmark evaluation during training is a callback, `gbpo.evaluation.callback.Be
 from __future__ import annotations
 
 import torch
+from transformers import TrainerCallback
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id, nanmax, nanmin, use_adapter
 
 from .checkpoints import ExactResumeMixin
-from .config import GBPOConfig
-from .loss import gbpo_advantages, gbpo_per_token_loss, importance_ratio, target_ratio
+from .config import OWN_LOSSES, GBPOConfig
+from .loss import (
+    gbpo_advantages,
+    gbpo_per_token_loss,
+    importance_ratio,
+    ppo_clip_per_token_loss,
+    r2vpo_per_token_loss,
+    target_ratio,
+)
 from .model_card import ModelCardMixin
 from .rows import (
     ADVANTAGE_ATOL,
@@ -31,6 +41,7 @@ from .rows import (
     take_rows,
     trained_mask,
 )
+from .trust_region import TrustRegionState
 from .vllm_cpu import (
     adapt_vllm_generation,
     configure_cpu_environment,
@@ -96,6 +107,11 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
             adapt_vllm_generation(self.vllm_generation)
         self.accelerator.print(generation_engine_line(args, cpu_colocate))
         self._gathered_rewards_per_func = None
+        # R2VPO / PPO-BR: state across optimizer steps (identical on every process), moved at each step's end
+        self.trust_region = TrustRegionState.from_config(args) if args.loss_type in ("r2vpo", "ppo_br") else None
+        self._last_mean_reward = None
+        if self.trust_region is not None:
+            self.add_callback(_TrustRegionStep(self))
 
     # ------------------------------------------------------------------ advantages and target ratios
 
@@ -103,6 +119,9 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         # TRL returns the rewards gathered over all processes; keep them for the target advantages.
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._gathered_rewards_per_func = rewards_per_func
+        if self.model.training:  # PPO-BR's reward window: the mean reward of the batch the next steps train on
+            weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+            self._last_mean_reward = (rewards_per_func * weights).nansum(dim=1).mean().item()
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
@@ -113,7 +132,7 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         drop_groups = mode == "train" and args.drop_uninformative_groups
         if num_trained == num_generations and not drop_groups:
             output = self._score_round(super()._generate_and_score_completions(inputs), num_generations, num_trained)[0]
-            if mode == "train" and self.loss_type == "gbpo":  # a TRL loss type logs exactly TRL's metrics
+            if mode == "train" and self.loss_type in OWN_LOSSES:  # a TRL loss type logs exactly TRL's metrics
                 self._log_rows(output, torch.ones(output["advantages"].numel(), dtype=torch.bool), 0, 0)
             return output
 
@@ -266,7 +285,7 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
     # ------------------------------------------------------------------ loss
 
     def _compute_loss(self, model, inputs):
-        if self.loss_type != "gbpo":
+        if self.loss_type not in OWN_LOSSES:
             return super()._compute_loss(model, inputs)
 
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
@@ -300,14 +319,21 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
             policy_mask = mask * self.get_high_entropy_mask(entropies, mask, 1 - self.top_entropy_quantile)
 
         advantages = inputs["advantages"]
-        target_ratios = inputs["target_ratios"]
+        target_ratios = inputs.get("target_ratios")  # GBPO only
         # TRL leaves old_per_token_logps out when they equal the current ones (one iteration, no buffered steps).
         old_per_token_logps = inputs.get("old_per_token_logps")
         old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps
 
-        per_token_loss = gbpo_per_token_loss(
-            per_token_logps, old_per_token_logps, advantages, target_ratios, tv_coef=self.args.tv_coef
-        )
+        if self.loss_type == "gbpo":
+            per_token_loss = gbpo_per_token_loss(
+                per_token_logps, old_per_token_logps, advantages, target_ratios, tv_coef=self.args.tv_coef
+            )
+        elif self.loss_type == "r2vpo":
+            lam = self.trust_region.lagrange_multiplier
+            per_token_loss = r2vpo_per_token_loss(per_token_logps, old_per_token_logps, advantages, lam)
+        else:  # ppo_br: PPO's clip with this step's adaptive range
+            eps = self.trust_region.epsilon
+            per_token_loss = ppo_clip_per_token_loss(per_token_logps, old_per_token_logps, advantages, eps, eps)
         if self.off_policy_mask_threshold is not None:
             per_token_loss = per_token_loss * self.get_off_policy_mask(
                 advantages=advantages.unsqueeze(1),
@@ -344,6 +370,11 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
 
+        if self.trust_region is not None and mode == "train":
+            # the step's constraint / entropy signals, summed over every process, for the state update at step end
+            sums = torch.stack([((ratio - 1.0) ** 2 * mask).sum(), (entropies.detach() * mask).sum(), mask.sum()])
+            sums = self.accelerator.reduce(sums.float(), reduction="sum")
+            self.trust_region.accumulate(variance_sum=sums[0].item(), entropy_sum=sums[1].item(), tokens=sums[2].item())
         self._log_gbpo_metrics(mode, mask, ratio, target_ratios, entropies, policy_loss * accumulation)
         if self.beta != 0.0:
             self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
@@ -375,22 +406,51 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
     def _log_gbpo_metrics(self, mode, mask, ratio, target_ratios, entropies, policy_loss):
-        """Log GBPO's step metrics (names and meanings in the class docstring), reduced over every process.
+        """Log the step metrics of GBPO, R2VPO or PPO-BR (names and meanings in the class docstring), reduced over
+        every process.
 
-        ``mask`` (B, T) marks the loss tokens, ``ratio`` (B, T) is ``rho``, ``target_ratios`` (B,) is ``r*``.
+        ``mask`` (B, T) marks the loss tokens, ``ratio`` (B, T) is ``rho``, ``target_ratios`` (B,) is ``r*`` (GBPO;
+        None for the other two, which log their state instead: ``r2vpo/*`` or ``ppo_br/*``).
         """
         metrics = self._metrics[mode]
+        prefix = self.loss_type
         metrics["entropy"].append(self._global_masked_mean(entropies, mask))
         metrics["policy_loss"].append(self.accelerator.gather(policy_loss.detach()).mean().item())
+        metrics[f"{prefix}/ratio/mean"].append(self._global_masked_mean(ratio, mask))
+        masked_ratio = ratio.masked_fill(~mask.bool(), float("nan"))
+        metrics[f"{prefix}/ratio/min"].append(nanmin(self.accelerator.gather(nanmin(masked_ratio))).item())
+        metrics[f"{prefix}/ratio/max"].append(nanmax(self.accelerator.gather(nanmax(masked_ratio))).item())
+        if self.trust_region is not None:
+            for key, value in self.trust_region.metrics().items():  # the values this step's loss used
+                metrics[key].append(value)
+            return
         # Rows without loss tokens (completions that only voted, or masked by TRL) are not trained: leave them out.
         trained_rows = (mask.sum(dim=1) > 0).float()
         metrics["gbpo/target_ratio/mean"].append(self._global_masked_mean(target_ratios, trained_rows))
-        metrics["gbpo/ratio/mean"].append(self._global_masked_mean(ratio, mask))
-        masked_ratio = ratio.masked_fill(~mask.bool(), float("nan"))
-        metrics["gbpo/ratio/min"].append(nanmin(self.accelerator.gather(nanmin(masked_ratio))).item())
-        metrics["gbpo/ratio/max"].append(nanmax(self.accelerator.gather(nanmax(masked_ratio))).item())
         low = (ratio < 1 - self.epsilon_low).float()
         high = (ratio > 1 + self.epsilon_high).float()
         metrics["gbpo/outside_bounds/low_mean"].append(self._global_masked_mean(low, mask))
         metrics["gbpo/outside_bounds/high_mean"].append(self._global_masked_mean(high, mask))
         metrics["gbpo/outside_bounds/region_mean"].append(self._global_masked_mean(torch.maximum(low, high), mask))
+
+    # ------------------------------------------------------------------ R2VPO / PPO-BR state in checkpoints
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)  # before trainer_state.json marks the checkpoint complete
+        if self.trust_region is not None and self.args.should_save:
+            self.trust_region.save(output_dir)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        if self.trust_region is not None and checkpoint is not None:
+            self.trust_region.load(checkpoint)
+
+
+class _TrustRegionStep(TrainerCallback):
+    """Moves R2VPO's lambda / PPO-BR's clip range after every optimizer step (`TrustRegionState.end_step`)."""
+
+    def __init__(self, trainer: GBPOTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.trust_region.end_step(args, self.trainer._last_mean_reward)
