@@ -70,6 +70,10 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
     sign). TRL's ``clip_ratio/*`` counts tokens whose clip is active for the advantage's sign; GBPO has no clip, so it
     does not log them (a TRL ``loss_type`` logs TRL's own).
 
+    ``loss_type="r2vpo"`` and ``"ppo_br"`` (docs/algorithm.md, "R2VPO and PPO-BR") log ``entropy``, ``policy_loss``,
+    ``<loss_type>/ratio/mean|min|max`` and their state: ``r2vpo/lambda`` and ``r2vpo/ratio_variance``, or
+    ``ppo_br/epsilon``, ``ppo_br/phi`` and ``ppo_br/psi`` (the values the step used).
+
     Benchmark evaluation during training (pass@k, maj@k every ``eval_steps``): add a
     `gbpo.evaluation.callback.BenchmarkEvalCallback` with ``trainer.add_callback``.
 

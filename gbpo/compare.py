@@ -1,0 +1,285 @@
+"""Compare loss types on real runs: ``python -m gbpo.compare SETTINGS.yaml --output-dir DIR``.
+
+The settings file names a recipe, seeds, overrides common to every run, groups of settings (e.g. a reference and a
+stress setting) and methods (a loss type and its keys)::
+
+    recipe: recipes/smollm2_cpu.yaml
+    seeds: [0, 1]
+    common: {max_steps: 8, eval_benchmarks: [arithmetic], eval_steps: 8}   # gbpo.train keys
+    groups: {reference: {learning_rate: 2.0e-6}, stress: {learning_rate: 2.0e-5, num_iterations: 4}}
+    methods: {gbpo: {loss_type: gbpo}, grpo: {loss_type: dapo}}
+    before: [--model, smollm2-135m, --benchmarks, arithmetic]               # optional: gbpo.evaluate arguments
+
+Every (group, method, seed) is one ``python -m gbpo.train`` subprocess (training is never re-implemented here) into
+``DIR/runs/<group>/<method>/seed<k>``, whose ``metrics.jsonl`` the report reads; a run that already has one is not run
+again, so an interrupted study continues. ``before`` evaluates the starting model once with ``python -m
+gbpo.evaluate`` (``DIR/before``). Then ``DIR/report.md`` gets one table per group (mean over seeds, per-seed values
+beside it) and ``DIR/<group>_<quantity>.png`` one figure per quantity with every method's curve over steps.
+``--dry-run`` prints the commands; ``--report-only`` rebuilds the report from existing runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+__all__ = ["CURVES", "load_settings", "main", "run_commands", "summarise_run", "write_report"]
+
+# Curves drawn per group: (file stem, title, metric keys tried in order; "{loss}" is the run's loss type).
+CURVES = (
+    ("reward", "mean reward (majority vote)", ("reward",)),
+    ("label_accuracy", "TTRL label accuracy", ("ttrl/label_accuracy",)),
+    ("entropy", "policy entropy (nats/token)", ("entropy",)),
+    ("ratio_max", "largest ratio in the step", ("{loss}/ratio/max",)),
+    ("ratio_min", "smallest ratio in the step", ("{loss}/ratio/min",)),
+    ("state", "lambda (R2VPO) / eps_t (PPO-BR)", ("r2vpo/lambda", "ppo_br/epsilon")),
+)
+# A run's reward has collapsed at the first generation step whose mean reward is below this share of the first one.
+COLLAPSE_SHARE = 0.5
+
+
+def load_settings(path: str | Path) -> dict[str, Any]:
+    """Read and check a settings file (format in the module docstring).
+
+    Raises:
+        ValueError: a missing or malformed key, named.
+    """
+    settings = yaml.safe_load(Path(path).read_text())
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: expected a mapping with recipe, seeds, groups and methods.")
+    for key in ("recipe", "seeds", "groups", "methods"):
+        if key not in settings:
+            raise ValueError(f"{path}: missing key {key!r} (see python -m gbpo.compare --help).")
+    for key in ("groups", "methods"):
+        if not isinstance(settings[key], dict) or not settings[key]:
+            raise ValueError(f"{path}: {key} must be a non-empty mapping of name -> gbpo.train keys.")
+    if not settings["seeds"] or not all(isinstance(s, int) for s in settings["seeds"]):
+        raise ValueError(f"{path}: seeds must be a list of integers, got {settings['seeds']!r}.")
+    for name, keys in settings["methods"].items():
+        if "loss_type" not in (keys or {}):
+            raise ValueError(f"{path}: method {name!r} has no loss_type.")
+    settings.setdefault("common", {})
+    return settings
+
+
+def _flags(keys: Mapping[str, Any] | None) -> list[str]:
+    flags = []
+    for key, value in (keys or {}).items():
+        values = value if isinstance(value, list) else [value]
+        flags += [f"--{key}", *[str(v).lower() if isinstance(v, bool) else str(v) for v in values]]
+    return flags
+
+
+def run_commands(settings: Mapping[str, Any], output_dir: str | Path) -> list[tuple[Path, list[str]]]:
+    """``(run directory, gbpo.train command)`` for every group x method x seed, in that order."""
+    runs = []
+    for group, group_keys in settings["groups"].items():
+        for method, method_keys in settings["methods"].items():
+            for seed in settings["seeds"]:
+                out = Path(output_dir) / "runs" / group / method / f"seed{seed}"
+                keys = {**settings["common"], **(group_keys or {}), **(method_keys or {})}
+                keys |= {"seed": seed, "output_dir": str(out), "overwrite_output_dir": True}
+                runs.append((out, [sys.executable, "-m", "gbpo.train", str(settings["recipe"]), *_flags(keys)]))
+    return runs
+
+
+def _entries(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _series(entries: Sequence[Mapping[str, Any]], keys: Sequence[str], loss: str) -> list[tuple[int, float]]:
+    for key in keys:
+        key = key.format(loss=loss)
+        points = [(e["step"], e[key]) for e in entries if isinstance(e.get(key), int | float) and "step" in e]
+        if points:
+            return [(s, float(v)) for s, v in points if math.isfinite(float(v))]
+    return []
+
+
+def summarise_run(run_dir: str | Path, loss_type: str) -> dict[str, float | None]:
+    """The table's numbers for one run, from its ``metrics.jsonl``.
+
+    ``label_accuracy_final``/``_best``: TTRL label accuracy of the last / best generation batch; ``majority_ratio``:
+    of the last batch; ``eval_pass@1`` / ``eval_maj@k``: the last in-training benchmark evaluation (the first
+    benchmark; the largest k); ``entropy_end``: the last step's; ``ratio_max``: the largest ratio of any step (None
+    for a TRL loss type, which does not log it); ``collapse_step``: the first generation step whose reward is below
+    ``COLLAPSE_SHARE`` of the first one (None: no collapse); ``final_<state>``: R2VPO's lambda / PPO-BR's eps_t.
+    """
+    entries = _entries(Path(run_dir))
+    label = [v for _, v in _series(entries, ("ttrl/label_accuracy",), loss_type)]
+    reward = _series(entries, ("reward",), loss_type)
+    summary: dict[str, float | None] = {
+        "label_accuracy_final": label[-1] if label else None,
+        "label_accuracy_best": max(label) if label else None,
+        "majority_ratio": (_series(entries, ("ttrl/majority_ratio",), loss_type) or [(0, None)])[-1][1],
+        "entropy_end": (_series(entries, ("entropy",), loss_type) or [(0, None)])[-1][1],
+        "ratio_max": max((v for _, v in _series(entries, ("{loss}/ratio/max",), loss_type)), default=None),
+        "collapse_step": None,
+    }
+    if reward and reward[0][1] > 0:
+        summary["collapse_step"] = next((s for s, v in reward if v < COLLAPSE_SHARE * reward[0][1]), None)
+    evals = [e for e in entries if any(k.startswith("eval/") and k.endswith("/pass@1") for k in e)]
+    if evals:
+        last = evals[-1]
+        bench = sorted(k for k in last if k.startswith("eval/") and k.endswith("/pass@1"))[0].split("/")[1]
+        ks = sorted(int(k.rsplit("@", 1)[1]) for k in last if k.startswith(f"eval/{bench}/maj@"))
+        summary["eval_pass@1"] = last[f"eval/{bench}/pass@1"]
+        summary["eval_maj@k"] = last[f"eval/{bench}/maj@{ks[-1]}"] if ks else None
+    for key in ("r2vpo/lambda", "ppo_br/epsilon"):
+        series = _series(entries, (key,), loss_type)
+        if series:
+            summary["final_" + key.replace("/", "_")] = series[-1][1]
+    return summary
+
+
+COLUMNS = (
+    ("label_accuracy_final", "label acc. (final)", 100),
+    ("label_accuracy_best", "label acc. (best)", 100),
+    ("majority_ratio", "majority ratio", 100),
+    ("eval_pass@1", "eval avg@k after", 100),
+    ("eval_maj@k", "eval maj@k after", 100),
+    ("entropy_end", "entropy at end", 1),
+    ("ratio_max", "largest ratio", 1),
+    ("collapse_step", "reward collapse step", 1),
+)
+
+
+def _cell(values: Sequence[float | None], scale: float) -> str:
+    known = [v for v in values if v is not None]
+    if not known:
+        return "n/a" if all(v is None for v in values) else "-"
+    per_seed = ", ".join("-" if v is None else f"{v * scale:.3g}" for v in values)
+    return f"{sum(known) / len(known) * scale:.3g} ({per_seed})"
+
+
+def write_report(settings: Mapping[str, Any], output_dir: str | Path, command: str = "") -> Path:
+    """Write ``report.md`` and the per-group figures from the runs under ``output_dir/runs``; returns report.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(output_dir)
+    lines = ["# Loss comparison", ""]
+    if command:
+        lines += ["Made by:", "", "```bash", command, "```", ""]
+    lines += ["Settings:", "", "```yaml", yaml.safe_dump(dict(settings), sort_keys=False).strip(), "```", ""]
+    before = out / "before" / "results.json"
+    if before.is_file():
+        for name, bench in json.loads(before.read_text())["benchmarks"].items():
+            m = bench["metrics"]
+            maj = max((k for k in m if k.startswith("maj@")), key=lambda k: int(k[4:]))
+            avg = f"avg@{m['num_samples']} {m['pass@1'] * 100:.3g}"
+            lines.append(f"Before training ({name}, {m['num_problems']} problems): {avg}, {maj} {m[maj] * 100:.3g}.")
+        lines.append("")
+    lines.append(
+        "Cells: mean over seeds (per-seed values); accuracies and the majority ratio in percent; n/a: not logged by "
+        "that loss type; -: did not happen (a mean is over the seeds where it did)."
+    )
+    for group in settings["groups"]:
+        lines += ["", f"## {group}", "", "| method | " + " | ".join(c[1] for c in COLUMNS) + " |",
+                  "|---" * (len(COLUMNS) + 1) + "|"]  # fmt: skip
+        curves: dict[str, dict[str, list[list[tuple[int, float]]]]] = {c[0]: {} for c in CURVES}
+        for method, keys in settings["methods"].items():
+            loss = keys["loss_type"]
+            summaries = []
+            for seed in settings["seeds"]:
+                run = out / "runs" / group / method / f"seed{seed}"
+                if not (run / "metrics.jsonl").is_file():
+                    summaries.append(None)
+                    continue
+                summaries.append(summarise_run(run, loss))
+                entries = _entries(run)
+                for stem, _, metric_keys in CURVES:
+                    curves[stem].setdefault(method, []).append(_series(entries, metric_keys, loss))
+            done = [s for s in summaries if s is not None]
+            cells = [_cell([s.get(key) for s in done], scale) for key, _, scale in COLUMNS]
+            missing = f" ({len(summaries) - len(done)} run(s) missing)" if len(done) < len(summaries) else ""
+            lines.append(f"| {method} ({loss}){missing} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for stem, title, _ in CURVES:
+            if not any(any(series) for series in curves[stem].values()):
+                continue
+            fig, ax = plt.subplots(figsize=(6, 3.6))
+            for i, (method, runs) in enumerate(curves[stem].items()):
+                for j, series in enumerate(runs):
+                    if series:
+                        steps, values = zip(*series, strict=True)
+                        ax.plot(steps, values, color=f"C{i}", alpha=0.9 if j == 0 else 0.5,
+                                linestyle="-" if j == 0 else "--", label=method if j == 0 else None)  # fmt: skip
+            ax.set(title=f"{group}: {title}", xlabel="optimizer step")
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            path = out / f"{group}_{stem}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            lines.append(f"![{group}: {title}]({path.name})")
+        lines.append("")
+    lines.append("Solid line: first seed; dashed: the others.")
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> Path | None:
+    """The command (see the module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m gbpo.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("settings", help="settings YAML (recipe, seeds, common, groups, methods, before)")
+    p.add_argument("--output-dir", required=True, help="where runs, figures and report.md go")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from the runs already there")
+    p.add_argument("--groups", help="comma-separated groups to run now (default all); the report shows every group")
+    args = p.parse_args(argv)
+    try:
+        settings = load_settings(args.settings)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
+    out = Path(args.output_dir)
+    commands = run_commands(settings, out)
+    if args.groups:
+        unknown = set(args.groups.split(",")) - set(settings["groups"])
+        if unknown:
+            p.error(f"--groups: unknown group(s) {sorted(unknown)}; the settings have {list(settings['groups'])}")
+        runs_dir = out / "runs"
+        commands = [(d, c) for d, c in commands if d.relative_to(runs_dir).parts[0] in args.groups.split(",")]
+    before = settings.get("before")
+    before_command = None
+    if before:
+        before_command = [sys.executable, "-m", "gbpo.evaluate", *map(str, before), "--output-dir", str(out / "before")]
+    if args.dry_run:
+        for command in ([before_command] if before_command else []) + [c for _, c in commands]:
+            print(shlex.join(command))
+        return None
+    if not args.report_only:
+        if before_command and not (out / "before" / "results.json").is_file():
+            _run(before_command, out / "before.log")
+        todo = [(d, c) for d, c in commands if not (d / "metrics.jsonl").is_file()]
+        for run_dir, command in tqdm(todo, desc="runs", unit="run"):
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            _run(command, run_dir.parent / f"{run_dir.name}.log")
+    command = shlex.join(["python", "-m", "gbpo.compare", args.settings, "--output-dir", args.output_dir])
+    report = write_report(settings, out, command)
+    print(f"Report: {report}")
+    return report
+
+
+def _run(command: list[str], log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as f:
+        status = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT).returncode
+    if status != 0:
+        raise SystemExit(f"gbpo.compare: {shlex.join(command)} exited with {status}; its output is in {log}.")
+
+
+if __name__ == "__main__":
+    main()

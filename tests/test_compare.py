@@ -1,0 +1,102 @@
+"""gbpo.compare: commands per group x method x seed, and the report's numbers on hand-written metrics.jsonl files."""
+
+import json
+import shlex
+import sys
+
+import pytest
+import yaml
+
+from gbpo.compare import load_settings, main, run_commands, summarise_run
+
+SETTINGS = {
+    "recipe": "recipes/smollm2_cpu.yaml",
+    "seeds": [0, 1],
+    "common": {"max_steps": 4, "eval_benchmarks": ["arithmetic"]},
+    "groups": {"reference": {}, "stress": {"learning_rate": 1e-4, "epsilon": 0.5}},
+    "methods": {"gbpo": {"loss_type": "gbpo"}, "grpo": {"loss_type": "dapo"}, "r2vpo": {"loss_type": "r2vpo"}},
+}
+
+
+def write_settings(tmp_path, settings=SETTINGS):
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def test_one_train_command_per_group_method_seed(tmp_path):
+    runs = run_commands(load_settings(write_settings(tmp_path)), tmp_path / "out")
+    assert len(runs) == 2 * 3 * 2
+    run_dir, command = runs[-1]  # stress / r2vpo / seed 1: group keys override common ones, method keys both
+    assert run_dir == tmp_path / "out" / "runs" / "stress" / "r2vpo" / "seed1"
+    assert command[:4] == [sys.executable, "-m", "gbpo.train", "recipes/smollm2_cpu.yaml"]
+    flags = command[4:]
+    pairs = dict(zip(flags[::2], flags[1::2], strict=True))
+    assert pairs == {"--max_steps": "4", "--eval_benchmarks": "arithmetic", "--learning_rate": "0.0001",
+                     "--epsilon": "0.5", "--loss_type": "r2vpo", "--seed": "1", "--output_dir": str(run_dir),
+                     "--overwrite_output_dir": "true"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"methods": {"x": {}}}, "method 'x' has no loss_type"), ({"seeds": []}, "seeds"), ({"groups": {}}, "groups")],
+)
+def test_bad_settings_are_named(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        load_settings(write_settings(tmp_path, {**SETTINGS, **change}))
+
+
+def fake_run(run_dir, rewards, labels, ratio_max, entropy, loss="gbpo", extra=None):
+    """A metrics.jsonl as gbpo.train writes it: generation steps log rewards, every step logs the loss metrics."""
+    run_dir.mkdir(parents=True)
+    lines = []
+    for step in range(1, len(ratio_max) + 1):
+        entry = {"step": step, "loss": 0.1, "entropy": entropy[step - 1], f"{loss}/ratio/max": ratio_max[step - 1]}
+        if step % 2 == 1:
+            entry |= {"reward": rewards[step // 2], "ttrl/label_accuracy": labels[step // 2]}
+            entry["ttrl/majority_ratio"] = 0.5
+        entry |= (extra or {}).get(step, {})
+        lines.append(json.dumps(entry))
+    lines.append(json.dumps({"step": len(ratio_max), "eval/arithmetic/pass@1": 0.25, "eval/arithmetic/maj@2": 0.5,
+                             "eval/arithmetic/maj@4": 0.75}))  # fmt: skip
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_summary_by_hand(tmp_path):
+    run = tmp_path / "run"
+    extra = {4: {"r2vpo/lambda": 1.7}}
+    fake_run(run, rewards=[0.8, 0.5, 0.3], labels=[0.5, 0.75, 0.25], ratio_max=[1.0, 1.2, 3.5, 1.1, 1.0],
+             entropy=[0.9, 0.8, 0.7, 0.6, 0.4], loss="r2vpo", extra=extra)  # fmt: skip
+    s = summarise_run(run, "r2vpo")
+    assert s["label_accuracy_final"] == 0.25 and s["label_accuracy_best"] == 0.75
+    assert s["majority_ratio"] == 0.5 and s["entropy_end"] == 0.4 and s["ratio_max"] == 3.5
+    assert s["collapse_step"] == 5  # reward 0.3 < 0.5 * 0.8 at step 5 (0.5 at step 3 is not below 0.4)
+    assert (s["eval_pass@1"], s["eval_maj@k"]) == (0.25, 0.75)  # the largest k
+    assert s["final_r2vpo_lambda"] == 1.7
+    fake_run(tmp_path / "grpo", rewards=[0.5, 0.6], labels=[0.5, 0.5], ratio_max=[1, 1, 1], entropy=[1, 1, 1])
+    s = summarise_run(tmp_path / "grpo", "dapo")  # a TRL loss type logs no ratio: None, shown as n/a
+    assert s["ratio_max"] is None and s["collapse_step"] is None
+
+
+def test_report_only_writes_tables_and_figures(tmp_path, capsys):
+    settings = {**SETTINGS, "groups": {"reference": {}}, "methods": {"gbpo": {"loss_type": "gbpo"}}}
+    out = tmp_path / "out"
+    fake_run(out / "runs/reference/gbpo/seed0", [0.4, 0.6], [0.5, 1.0], [1.1, 1.3, 1.2], [0.9, 0.8, 0.7])
+    fake_run(out / "runs/reference/gbpo/seed1", [0.4, 0.1], [0.5, 0.0], [1.1, 2.0, 1.2], [0.9, 0.8, 0.5])
+    path = write_settings(tmp_path, settings)
+    report = main([str(path), "--output-dir", str(out), "--report-only"])
+    capsys.readouterr()
+    text = report.read_text()
+    # label acc. final: mean(100, 0) = 50; best: mean(100, 50) = 75; largest ratio mean(1.3, 2.0) = 1.65; seed 1
+    # collapses at step 3 (0.1 < 0.2), seed 0 never: the mean is over the seeds where it happened
+    row = next(line for line in text.splitlines() if line.startswith("| gbpo (gbpo)"))
+    assert row == ("| gbpo (gbpo) | 50 (100, 0) | 75 (100, 50) | 50 (50, 50) | 25 (25, 25) | 75 (75, 75) | "
+                   "0.6 (0.7, 0.5) | 1.65 (1.3, 2) | 3 (-, 3) |")  # fmt: skip
+    assert (out / "reference_reward.png").read_bytes()[:4] == b"\x89PNG"
+    assert "reference_state.png" not in text  # GBPO has no lambda / eps_t curve
+    main([str(path), "--output-dir", str(out), "--dry-run"])
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and shlex.split(printed[0])[2:4] == ["gbpo.train", "recipes/smollm2_cpu.yaml"]
+    with pytest.raises(SystemExit):
+        main([str(path), "--output-dir", str(out), "--dry-run", "--groups", "stress"])
+    assert "unknown group(s) ['stress']" in capsys.readouterr().err
