@@ -154,10 +154,10 @@ COLUMNS = (
 )
 
 
-def _cell(values: Sequence[float | None], scale: float) -> str:
+def _cell(values: Sequence[float | None], scale: float, absent: str = "n/a") -> str:
     known = [v for v in values if v is not None]
     if not known:
-        return "n/a" if all(v is None for v in values) else "-"
+        return absent
     per_seed = ", ".join("-" if v is None else f"{v * scale:.3g}" for v in values)
     return f"{sum(known) / len(known) * scale:.3g} ({per_seed})"
 
@@ -203,7 +203,10 @@ def write_report(settings: Mapping[str, Any], output_dir: str | Path, command: s
                 for stem, _, metric_keys in CURVES:
                     curves[stem].setdefault(method, []).append(_series(entries, metric_keys, loss))
             done = [s for s in summaries if s is not None]
-            cells = [_cell([s.get(key) for s in done], scale) for key, _, scale in COLUMNS]
+            cells = [
+                _cell([s.get(key) for s in done], scale, "-" if key == "collapse_step" else "n/a")
+                for key, _, scale in COLUMNS
+            ]
             missing = f" ({len(summaries) - len(done)} run(s) missing)" if len(done) < len(summaries) else ""
             lines.append(f"| {method} ({loss}){missing} | " + " | ".join(cells) + " |")
         lines.append("")

@@ -94,6 +94,11 @@ def test_report_only_writes_tables_and_figures(tmp_path, capsys):
                    "0.6 (0.7, 0.5) | 1.65 (1.3, 2) | 3 (-, 3) |")  # fmt: skip
     assert (out / "reference_reward.png").read_bytes()[:4] == b"\x89PNG"
     assert "reference_state.png" not in text  # GBPO has no lambda / eps_t curve
+    (out / "runs/reference/gbpo/seed1/metrics.jsonl").unlink()  # seed 0 alone: no collapse is "-", not "n/a"
+    text = main([str(path), "--output-dir", str(out), "--report-only"]).read_text()
+    capsys.readouterr()
+    row = next(line for line in text.splitlines() if line.startswith("| gbpo (gbpo) (1 run(s) missing)"))
+    assert row.endswith("| 1.3 (1.3) | - |")
     main([str(path), "--output-dir", str(out), "--dry-run"])
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 and shlex.split(printed[0])[2:4] == ["gbpo.train", "recipes/smollm2_cpu.yaml"]
