@@ -242,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the runs already there")
     p.add_argument("--groups", help="comma-separated groups to run now (default all); the report shows every group")
+    p.add_argument("--seeds", help="comma-separated seeds to run now (default all); missing runs show in the report")
     args = p.parse_args(argv)
     try:
         settings = load_settings(args.settings)
@@ -255,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
             p.error(f"--groups: unknown group(s) {sorted(unknown)}; the settings have {list(settings['groups'])}")
         runs_dir = out / "runs"
         commands = [(d, c) for d, c in commands if d.relative_to(runs_dir).parts[0] in args.groups.split(",")]
+    if args.seeds:
+        commands = [(d, c) for d, c in commands if d.name.removeprefix("seed") in args.seeds.split(",")]
     before = settings.get("before")
     before_command = None
     if before:

@@ -102,6 +102,9 @@ def test_report_only_writes_tables_and_figures(tmp_path, capsys):
     main([str(path), "--output-dir", str(out), "--dry-run"])
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == 2 and shlex.split(printed[0])[2:4] == ["gbpo.train", "recipes/smollm2_cpu.yaml"]
+    main([str(path), "--output-dir", str(out), "--dry-run", "--seeds", "1"])
+    (printed,) = capsys.readouterr().out.splitlines()
+    assert printed.endswith(f"--seed 1 --output_dir {out}/runs/reference/gbpo/seed1 --overwrite_output_dir true")
     with pytest.raises(SystemExit):
         main([str(path), "--output-dir", str(out), "--dry-run", "--groups", "stress"])
     assert "unknown group(s) ['stress']" in capsys.readouterr().err
