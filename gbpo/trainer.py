@@ -123,7 +123,7 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         # TRL returns the rewards gathered over all processes; keep them for the target advantages.
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._gathered_rewards_per_func = rewards_per_func
-        if self.model.training:  # PPO-BR's reward window: the mean reward of the batch the next steps train on
+        if self.trust_region is not None and self.model.training:  # PPO-BR's reward window: this batch's mean
             weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
             self._last_mean_reward = (rewards_per_func * weights).nansum(dim=1).mean().item()
         return rewards_per_func
