@@ -11,11 +11,14 @@ stress setting) and methods (a loss type and its keys)::
     before: [--model, smollm2-135m, --benchmarks, arithmetic]               # optional: gbpo.evaluate arguments
 
 Every (group, method, seed) is one ``python -m gbpo.train`` subprocess (training is never re-implemented here) into
-``DIR/runs/<group>/<method>/seed<k>``, whose ``metrics.jsonl`` the report reads; a run that already has one is not run
-again, so an interrupted study continues. ``before`` evaluates the starting model once with ``python -m
-gbpo.evaluate`` (``DIR/before``). Then ``DIR/report.md`` gets one table per group (mean over seeds, per-seed values
-beside it) and ``DIR/<group>_<quantity>.png`` one figure per quantity with every method's curve over steps.
-``--dry-run`` prints the commands; ``--report-only`` rebuilds the report from existing runs.
+``DIR/runs/<group>/<method>/seed<k>``, whose ``metrics.jsonl`` the report reads. A run that trained to its
+``max_steps`` is not run again; one that stopped early (the study or the run was killed) resumes from its newest
+complete checkpoint (``--resume_from_checkpoint true``), or starts afresh if it has none, so an interrupted study
+continues. The report leaves unfinished runs out and says how many. ``before`` evaluates the starting model once
+with ``python -m gbpo.evaluate`` (``DIR/before``). Then ``DIR/report.md`` gets one table per group (mean over seeds,
+per-seed values beside it) and ``DIR/<group>_<quantity>.png`` one figure per quantity with every method's curve over
+steps.
+``--dry-run`` prints the commands that would run now; ``--report-only`` rebuilds the report from existing runs.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-__all__ = ["CURVES", "load_settings", "main", "run_commands", "summarise_run", "write_report"]
+from .checkpoints import is_complete_checkpoint
+
+__all__ = ["CURVES", "load_settings", "main", "run_commands", "run_finished", "summarise_run", "write_report"]
 
 # Curves drawn per group: (file stem, title, metric keys tried in order; "{loss}" is the run's loss type).
 CURVES = (
@@ -80,17 +85,49 @@ def _flags(keys: Mapping[str, Any] | None) -> list[str]:
     return flags
 
 
-def run_commands(settings: Mapping[str, Any], output_dir: str | Path) -> list[tuple[Path, list[str]]]:
-    """``(run directory, gbpo.train command)`` for every group x method x seed, in that order."""
+def _run_keys(settings: Mapping[str, Any], output_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+    """``(run directory, gbpo.train keys)`` for every group x method x seed, in that order."""
     runs = []
     for group, group_keys in settings["groups"].items():
         for method, method_keys in settings["methods"].items():
             for seed in settings["seeds"]:
                 out = Path(output_dir) / "runs" / group / method / f"seed{seed}"
                 keys = {**settings["common"], **(group_keys or {}), **(method_keys or {})}
-                keys |= {"seed": seed, "output_dir": str(out), "overwrite_output_dir": True}
-                runs.append((out, [sys.executable, "-m", "gbpo.train", str(settings["recipe"]), *_flags(keys)]))
+                runs.append((out, keys | {"seed": seed, "output_dir": str(out)}))
     return runs
+
+
+def _train_command(settings: Mapping[str, Any], keys: Mapping[str, Any], resume: bool = False) -> list[str]:
+    keys = {**keys, "resume_from_checkpoint" if resume else "overwrite_output_dir": True}
+    return [sys.executable, "-m", "gbpo.train", str(settings["recipe"]), *_flags(keys)]
+
+
+def run_commands(settings: Mapping[str, Any], output_dir: str | Path) -> list[tuple[Path, list[str]]]:
+    """``(run directory, gbpo.train command)`` for every group x method x seed, in that order (fresh runs)."""
+    return [(out, _train_command(settings, keys)) for out, keys in _run_keys(settings, output_dir)]
+
+
+def _max_steps(settings: Mapping[str, Any], keys: Mapping[str, Any]) -> int | None:
+    """The run's ``max_steps``: its keys', else the recipe's (None when neither sets it)."""
+    if "max_steps" in keys:
+        return int(keys["max_steps"])
+    recipe = Path(settings["recipe"])
+    value = (yaml.safe_load(recipe.read_text()) or {}).get("max_steps") if recipe.is_file() else None
+    return None if value is None else int(value)
+
+
+def run_finished(run_dir: str | Path, max_steps: int | None) -> bool:
+    """True when the run in ``run_dir`` trained to its end.
+
+    That is: its ``metrics.jsonl`` holds the Trainer's closing entry (``train_runtime``) at step ``max_steps`` or
+    later. A run stopped early by SIGTERM also writes a closing entry, at the step it reached, so the step is what
+    tells them apart; with ``max_steps`` None any closing entry counts.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return False
+    closing = [e.get("step", 0) for e in _entries(Path(run_dir)) if "train_runtime" in e]
+    return bool(closing) and (max_steps is None or max(closing) >= max_steps)
 
 
 def _entries(run_dir: Path) -> list[dict[str, Any]]:
@@ -192,10 +229,12 @@ def write_report(settings: Mapping[str, Any], output_dir: str | Path, command: s
         curves: dict[str, dict[str, list[list[tuple[int, float]]]]] = {c[0]: {} for c in CURVES}
         for method, keys in settings["methods"].items():
             loss = keys["loss_type"]
-            summaries = []
+            summaries, unfinished = [], 0
             for seed in settings["seeds"]:
                 run = out / "runs" / group / method / f"seed{seed}"
-                if not (run / "metrics.jsonl").is_file():
+                run_keys = {**settings["common"], **(settings["groups"][group] or {}), **keys}
+                if not run_finished(run, _max_steps(settings, run_keys)):
+                    unfinished += (run / "metrics.jsonl").is_file()
                     summaries.append(None)
                     continue
                 summaries.append(summarise_run(run, loss))
@@ -207,7 +246,9 @@ def write_report(settings: Mapping[str, Any], output_dir: str | Path, command: s
                 _cell([s.get(key) for s in done], scale, "-" if key == "collapse_step" else "n/a")
                 for key, _, scale in COLUMNS
             ]
-            missing = f" ({len(summaries) - len(done)} run(s) missing)" if len(done) < len(summaries) else ""
+            absent = len(summaries) - len(done) - unfinished
+            notes = [f"{n} run(s) {what}" for n, what in ((absent, "missing"), (unfinished, "unfinished")) if n]
+            missing = f" ({', '.join(notes)})" if notes else ""
             lines.append(f"| {method} ({loss}){missing} | " + " | ".join(cells) + " |")
         lines.append("")
         for stem, title, _ in CURVES:
@@ -239,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     p = argparse.ArgumentParser(prog="python -m gbpo.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("settings", help="settings YAML (recipe, seeds, common, groups, methods, before)")
     p.add_argument("--output-dir", required=True, help="where runs, figures and report.md go")
-    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the commands that would run now, run nothing")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the runs already there")
     p.add_argument("--groups", help="comma-separated groups to run now (default all); the report shows every group")
     p.add_argument("--seeds", help="comma-separated seeds to run now (default all); missing runs show in the report")
@@ -249,30 +290,35 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     out = Path(args.output_dir)
-    commands = run_commands(settings, out)
+    runs = _run_keys(settings, out)
     if args.groups:
         unknown = set(args.groups.split(",")) - set(settings["groups"])
         if unknown:
             p.error(f"--groups: unknown group(s) {sorted(unknown)}; the settings have {list(settings['groups'])}")
         runs_dir = out / "runs"
-        commands = [(d, c) for d, c in commands if d.relative_to(runs_dir).parts[0] in args.groups.split(",")]
+        runs = [(d, k) for d, k in runs if d.relative_to(runs_dir).parts[0] in args.groups.split(",")]
     if args.seeds:
-        commands = [(d, c) for d, c in commands if d.name.removeprefix("seed") in args.seeds.split(",")]
+        runs = [(d, k) for d, k in runs if d.name.removeprefix("seed") in args.seeds.split(",")]
     before = settings.get("before")
     before_command = None
-    if before:
+    if before and not (out / "before" / "results.json").is_file():
         before_command = [sys.executable, "-m", "gbpo.evaluate", *map(str, before), "--output-dir", str(out / "before")]
+    # What runs now: every run not trained to its end; one stopped early resumes from its newest complete checkpoint.
+    todo = [
+        (d, _train_command(settings, k, resume=any(map(is_complete_checkpoint, d.glob("checkpoint-*")))))
+        for d, k in runs
+        if not run_finished(d, _max_steps(settings, k))
+    ]
     if args.dry_run:
-        for command in ([before_command] if before_command else []) + [c for _, c in commands]:
+        for command in ([before_command] if before_command else []) + [c for _, c in todo]:
             print(shlex.join(command))
         return None
     if not args.report_only:
-        if before_command and not (out / "before" / "results.json").is_file():
+        if before_command:
             _run(before_command, out / "before.log")
-        todo = [(d, c) for d, c in commands if not (d / "metrics.jsonl").is_file()]
-        for run_dir, command in tqdm(todo, desc="runs", unit="run"):
+        for run_dir, train_command in tqdm(todo, desc="runs", unit="run"):
             run_dir.parent.mkdir(parents=True, exist_ok=True)
-            _run(command, run_dir.parent / f"{run_dir.name}.log")
+            _run(train_command, run_dir.parent / f"{run_dir.name}.log")
     command = shlex.join(["python", "-m", "gbpo.compare", args.settings, "--output-dir", args.output_dir])
     report = write_report(settings, out, command)
     print(f"Report: {report}")

@@ -59,6 +59,7 @@ def fake_run(run_dir, rewards, labels, ratio_max, entropy, loss="gbpo", extra=No
         lines.append(json.dumps(entry))
     lines.append(json.dumps({"step": len(ratio_max), "eval/arithmetic/pass@1": 0.25, "eval/arithmetic/maj@2": 0.5,
                              "eval/arithmetic/maj@4": 0.75}))  # fmt: skip
+    lines.append(json.dumps({"train_runtime": 12.5, "train_loss": 0.1, "step": len(ratio_max)}))  # the closing entry
     (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
 
@@ -79,7 +80,12 @@ def test_summary_by_hand(tmp_path):
 
 
 def test_report_only_writes_tables_and_figures(tmp_path, capsys):
-    settings = {**SETTINGS, "groups": {"reference": {}}, "methods": {"gbpo": {"loss_type": "gbpo"}}}
+    settings = {
+        **SETTINGS,
+        "common": {"max_steps": 3},
+        "groups": {"reference": {}},
+        "methods": {"gbpo": {"loss_type": "gbpo"}},
+    }
     out = tmp_path / "out"
     fake_run(out / "runs/reference/gbpo/seed0", [0.4, 0.6], [0.5, 1.0], [1.1, 1.3, 1.2], [0.9, 0.8, 0.7])
     fake_run(out / "runs/reference/gbpo/seed1", [0.4, 0.1], [0.5, 0.0], [1.1, 2.0, 1.2], [0.9, 0.8, 0.5])
@@ -99,12 +105,39 @@ def test_report_only_writes_tables_and_figures(tmp_path, capsys):
     capsys.readouterr()
     row = next(line for line in text.splitlines() if line.startswith("| gbpo (gbpo) (1 run(s) missing)"))
     assert row.endswith("| 1.3 (1.3) | - |")
-    main([str(path), "--output-dir", str(out), "--dry-run"])
-    printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 2 and shlex.split(printed[0])[2:4] == ["gbpo.train", "recipes/smollm2_cpu.yaml"]
-    main([str(path), "--output-dir", str(out), "--dry-run", "--seeds", "1"])
+    main([str(path), "--output-dir", str(out), "--dry-run"])  # seed 0 is finished: only seed 1 would run
     (printed,) = capsys.readouterr().out.splitlines()
+    assert shlex.split(printed)[2:4] == ["gbpo.train", "recipes/smollm2_cpu.yaml"]
     assert printed.endswith(f"--seed 1 --output_dir {out}/runs/reference/gbpo/seed1 --overwrite_output_dir true")
+    main([str(path), "--output-dir", str(out), "--dry-run", "--seeds", "0"])
+    assert capsys.readouterr().out == ""
     with pytest.raises(SystemExit):
         main([str(path), "--output-dir", str(out), "--dry-run", "--groups", "stress"])
     assert "unknown group(s) ['stress']" in capsys.readouterr().err
+
+
+def test_a_run_stopped_early_is_resumed_and_left_out_of_the_report(tmp_path, capsys):
+    """A SIGTERM'd run also writes metrics.jsonl with a closing entry, at the step it reached: not finished."""
+    settings = {
+        **SETTINGS,
+        "common": {"max_steps": 5},
+        "groups": {"reference": {}},
+        "methods": {"gbpo": {"loss_type": "gbpo"}},
+    }
+    out = tmp_path / "out"
+    fake_run(out / "runs/reference/gbpo/seed0", [0.4, 0.6, 0.6], [0.5, 1.0, 1.0], [1.1] * 5, [0.9] * 5)
+    stopped = out / "runs/reference/gbpo/seed1"
+    fake_run(stopped, [0.4, 0.6], [0.5, 1.0], [1.1] * 3, [0.9] * 3)  # closing entry at step 3 of 5
+    path = write_settings(tmp_path, settings)
+    main([str(path), "--output-dir", str(out), "--dry-run"])
+    (printed,) = capsys.readouterr().out.splitlines()  # no checkpoint: seed 1 starts afresh
+    assert printed.endswith(f"--output_dir {stopped} --overwrite_output_dir true")
+    (stopped / "checkpoint-2").mkdir()  # cut off mid-save (no trainer_state.json): not resumable
+    (stopped / "checkpoint-3").mkdir()
+    (stopped / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    main([str(path), "--output-dir", str(out), "--dry-run"])
+    (printed,) = capsys.readouterr().out.splitlines()
+    assert printed.endswith(f"--output_dir {stopped} --resume_from_checkpoint true")
+    text = main([str(path), "--output-dir", str(out), "--report-only"]).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| gbpo (gbpo)"))
+    assert row.startswith("| gbpo (gbpo) (1 run(s) unfinished) | 100 (100) |")
