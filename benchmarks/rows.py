@@ -34,7 +34,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen2C
 from trl import GRPOTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from tiny import make_tokenizer  # noqa: E402
+from tiny import CPU_RUN, make_tokenizer  # noqa: E402
 
 from gbpo import GBPOConfig, GBPOTrainer  # noqa: E402
 from gbpo.models import resolve_model  # noqa: E402
@@ -82,12 +82,7 @@ def timed_run(cls, tokenizer, model_dir, out_dir, *, num_generations, trained, s
         temperature=1.0,
         max_steps=steps,
         learning_rate=1e-6,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        seed=0,
+        **CPU_RUN,
     )
     model = str(model_dir)  # a saved model: TRL loads the reference model from its path
     dataset = Dataset.from_list(

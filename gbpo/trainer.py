@@ -124,9 +124,13 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._gathered_rewards_per_func = rewards_per_func
         if self.trust_region is not None and self.model.training:  # PPO-BR's reward window: this batch's mean
-            weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
-            self._last_mean_reward = (rewards_per_func * weights).nansum(dim=1).mean().item()
+            self._last_mean_reward = self._weighted_rewards(rewards_per_func).mean().item()
         return rewards_per_func
+
+    def _weighted_rewards(self, rewards_per_func):
+        """(N,) rewards from (N, num_reward_funcs): weighted by ``reward_weights`` and summed, NaN counted as 0 (TRL's
+        "sum_then_normalize" reward, the one TRL logs as ``reward``)."""
+        return (rewards_per_func * self.reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
 
     def _generate_and_score_completions(self, inputs):
         mode = "train" if self.model.training else "eval"
@@ -209,9 +213,8 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
             advantages = self.accelerator.gather(output["advantages"])  # TRL's, for either aggregation
         else:
             # The same aggregation as TRL's "sum_then_normalize" (GBPOConfig rejects the other one here).
-            weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
-            rewards = (rewards_per_func * weights).nansum(dim=1)
-            rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+            rewards = self._weighted_rewards(rewards_per_func)
+            rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # no function scored it
             advantages, target_advantages = torch.zeros_like(rewards), torch.zeros_like(rewards)
             advantages[trained], target_advantages[trained] = gbpo_advantages(
                 rewards[trained],

@@ -21,6 +21,21 @@ def make_checkpoint(path, complete=True):
         (path / "trainer_state.json").write_text("{}")
 
 
+def run_preempted(recipe, monkeypatch, step):
+    """``gbpo.train`` on ``recipe`` with a SIGTERM raised while optimizer step ``step`` runs; returns its trainer."""
+    import gbpo.checkpoints
+    from gbpo.train import main
+
+    class SigtermDuringStep(gbpo.checkpoints.PreemptionCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == step - 1:  # step `step` is about to run
+                signal.raise_signal(signal.SIGTERM)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gbpo.checkpoints, "PreemptionCallback", SigtermDuringStep)
+        return main([str(recipe)])
+
+
 def test_incomplete_checkpoint_is_never_the_latest(tmp_path):
     make_checkpoint(tmp_path / "checkpoint-2")
     make_checkpoint(tmp_path / "checkpoint-10")
@@ -102,7 +117,6 @@ def test_resume_mid_generation_cycle_is_exact(tmp_path, tiny_model_dir, monkeypa
     """num_iterations 2 x steps_per_generation 2: steps 1-4 share one generation batch. A SIGTERM during step 3
     saves checkpoint-3 in the middle of that cycle; the resumed run must train step 4 on the buffered batch (second
     PPO epoch), as the uninterrupted run does, and then log the same losses, rewards and end with the same weights."""
-    import gbpo.checkpoints
     from gbpo.train import main
 
     settings = dict(
@@ -110,16 +124,9 @@ def test_resume_mid_generation_cycle_is_exact(tmp_path, tiny_model_dir, monkeypa
     )
     reference = main([str(tiny_recipe(tmp_path / "reference", tiny_model_dir, **settings))])
 
-    class SigtermDuringStep3(gbpo.checkpoints.PreemptionCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == 2:  # step 3 is running
-                signal.raise_signal(signal.SIGTERM)
-
     recipe = tiny_recipe(tmp_path / "preempted", tiny_model_dir, **settings)
     out = tmp_path / "preempted" / "out"
-    with monkeypatch.context() as patch:
-        patch.setattr(gbpo.checkpoints, "PreemptionCallback", SigtermDuringStep3)
-        preempted = main([str(recipe)])
+    preempted = run_preempted(recipe, monkeypatch, step=3)
     assert preempted.preempted and preempted.state.global_step == 3
     assert (out / "checkpoint-3" / "generation_buffer_0.pt").is_file()  # mid-cycle: the buffer is in the checkpoint
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from tiny import CPU_RUN
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOTrainer
 
@@ -185,12 +186,7 @@ def rows_trainer(model_dir, tmp_path, **overrides):
         max_completion_length=8,
         max_steps=2,
         learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        seed=0,
+        **CPU_RUN,
     )
     kw.update(overrides)
     trainer = GBPOTrainer(
@@ -381,12 +377,10 @@ def test_resume_mid_cycle_is_exact_when_rows_are_dropped(tmp_path, tiny_model_di
     """gbpo.checkpoints saves TRL's generation buffer mid-cycle; with vote-4/train-2 and group filtering it holds
     only the kept rows (at most 4 of the 8 generated per process). A SIGTERM during step 3 of a 4-step cycle
     (num_iterations 2 x steps_per_generation 2), then a resume, logs the same steps and ends with the same weights."""
-    import signal
 
-    from test_checkpoints import steps
+    from test_checkpoints import run_preempted, steps
     from test_train import tiny_recipe
 
-    import gbpo.checkpoints
     from gbpo.train import main
 
     settings = dict(
@@ -395,16 +389,9 @@ def test_resume_mid_cycle_is_exact_when_rows_are_dropped(tmp_path, tiny_model_di
     )  # fmt: skip
     reference = main([str(tiny_recipe(tmp_path / "reference", tiny_model_dir, **settings))])
 
-    class SigtermDuringStep3(gbpo.checkpoints.PreemptionCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                signal.raise_signal(signal.SIGTERM)
-
     recipe = tiny_recipe(tmp_path / "preempted", tiny_model_dir, **settings)
     out = tmp_path / "preempted" / "out"
-    with monkeypatch.context() as patch:
-        patch.setattr(gbpo.checkpoints, "PreemptionCallback", SigtermDuringStep3)
-        preempted = main([str(recipe)])
+    preempted = run_preempted(recipe, monkeypatch, step=3)
     assert preempted.preempted and preempted.state.global_step == 3
     buffer = torch.load(out / "checkpoint-3" / "generation_buffer_0.pt", weights_only=False)
     rows = [chunk["completion_ids"].size(0) for chunk in buffer["buffered_inputs"]]

@@ -7,6 +7,7 @@ import statistics
 import pytest
 import torch
 from datasets import Dataset
+from tiny import CPU_RUN
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
@@ -35,12 +36,7 @@ def common_args(tmp_path, **overrides):
         max_completion_length=8,
         max_steps=2,
         learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        bf16=False,
-        use_cpu=True,
-        seed=0,
+        **CPU_RUN,
         temperature=1.0,
     )
     kw.update(overrides)

@@ -3,11 +3,10 @@
 
 import json
 import math
-import signal
 
 import pytest
 import torch
-from test_checkpoints import steps
+from test_checkpoints import run_preempted, steps
 from test_train import tiny_recipe
 
 from gbpo import GBPOConfig
@@ -194,23 +193,15 @@ def test_train_command_trains_and_logs_the_state_every_step(tmp_path, tiny_model
 def test_resume_continues_the_state_exactly(tmp_path, tiny_model_dir, monkeypatch, loss_type):
     """SIGTERM during step 4 saves checkpoint-4; the resumed run logs the same state, losses and weights as an
     uninterrupted one (without the saved state, lambda / eps would restart from their initial values)."""
-    import gbpo.checkpoints
     from gbpo.train import main
 
     keys = {"r2vpo_eta": 50.0} if loss_type == "r2vpo" else {"ppo_br_reward_window": 1}
     settings = dict(SETTINGS, max_steps=8, loss_type=loss_type, **keys)
     reference = main([str(tiny_recipe(tmp_path / "reference", tiny_model_dir, save_strategy="no", **settings))])
 
-    class SigtermDuringStep4(gbpo.checkpoints.PreemptionCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == 3:
-                signal.raise_signal(signal.SIGTERM)
-
     recipe = tiny_recipe(tmp_path / "preempted", tiny_model_dir, save_strategy="no", **settings)
     out = tmp_path / "preempted" / "out"
-    with monkeypatch.context() as patch:
-        patch.setattr(gbpo.checkpoints, "PreemptionCallback", SigtermDuringStep4)
-        preempted = main([str(recipe)])
+    preempted = run_preempted(recipe, monkeypatch, step=4)
     assert preempted.state.global_step == 4
     saved = json.loads((out / "checkpoint-4" / TRUST_REGION_FILE).read_text())
     assert saved["loss_type"] == loss_type

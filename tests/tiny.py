@@ -10,6 +10,9 @@ from tokenizers import Tokenizer, decoders, models
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
 SPECIAL = ["<|pad|>", "<|im_start|>", "<|im_end|>"]
+
+# GBPOConfig keys every tiny training run shares: log every step, save nothing, no tracker, fp32 on the CPU, seed 0.
+CPU_RUN = {"logging_steps": 1, "save_strategy": "no", "report_to": "none", "bf16": False, "use_cpu": True, "seed": 0}
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

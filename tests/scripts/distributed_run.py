@@ -17,6 +17,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from gbpo import GBPOConfig, GBPOTrainer
 from gbpo.rewards import MajorityVoteReward
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for tiny.py
+from tiny import CPU_RUN  # noqa: E402
+
 out_dir, model_dir = Path(sys.argv[1]), sys.argv[2]
 record = {"reward_calls": [], "batches": []}
 
@@ -51,12 +54,7 @@ args = GBPOConfig(
     max_completion_length=16,
     max_steps=2,
     learning_rate=1e-2,
-    logging_steps=1,
-    save_strategy="no",
-    report_to="none",
-    bf16=False,
-    use_cpu=True,
-    seed=0,
+    **CPU_RUN,
 )
 dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Sum {i} and {i + 1}"}]} for i in range(12)])
 trainer = RecordingTrainer(

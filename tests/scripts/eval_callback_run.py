@@ -22,6 +22,9 @@ from gbpo import GBPOConfig, GBPOTrainer
 from gbpo.evaluation.callback import BenchmarkEvalCallback
 from gbpo.rewards import MajorityVoteReward
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for tiny.py
+from tiny import CPU_RUN  # noqa: E402
+
 out_dir, model_dir = Path(sys.argv[1]), sys.argv[2]
 record = {"generations": [], "records": []}
 
@@ -58,15 +61,10 @@ args = GBPOConfig(
     max_completion_length=8,
     max_steps=2,
     learning_rate=1e-2,
-    logging_steps=1,
     eval_steps=1,  # the callback's schedule; eval_strategy stays "no"
     gradient_checkpointing=True,
     gradient_checkpointing_kwargs={"use_reentrant": False},
-    save_strategy="no",
-    report_to="none",
-    bf16=False,
-    use_cpu=True,
-    seed=0,
+    **CPU_RUN,
 )
 train = Dataset.from_list([{"prompt": [{"role": "user", "content": f"Sum {i} and {i + 1}"}]} for i in range(8)])
 benchmark = Dataset.from_list(

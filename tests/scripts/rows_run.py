@@ -14,6 +14,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gbpo import GBPOConfig, GBPOTrainer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for tiny.py
+from tiny import CPU_RUN  # noqa: E402
+
 out_dir, model_dir = Path(sys.argv[1]), sys.argv[2]
 record = {"batches": []}
 
@@ -53,12 +56,7 @@ args = GBPOConfig(
     max_completion_length=8,
     max_steps=3,
     learning_rate=1e-2,
-    logging_steps=1,
-    save_strategy="no",
-    report_to="none",
-    bf16=False,
-    use_cpu=True,
-    seed=0,
+    **CPU_RUN,
 )
 prompts = ["same 1", "vary 1", "same 2", "same 3", "vary 2", "same 4", "same 5", "vary 3"]
 dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
