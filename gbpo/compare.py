@@ -17,8 +17,7 @@ complete checkpoint (``--resume_from_checkpoint true``), or starts afresh if it 
 continues. The report leaves unfinished runs out and says how many. ``before`` evaluates the starting model once
 with ``python -m gbpo.evaluate`` (``DIR/before``). Then ``DIR/report.md`` gets one table per group (mean over seeds,
 per-seed values beside it) and ``DIR/<group>_<quantity>.png`` one figure per quantity with every method's curve over
-steps.
-``--dry-run`` prints the commands that would run now; ``--report-only`` rebuilds the report from existing runs.
+steps. ``--dry-run`` prints the commands that would run now; ``--report-only`` rebuilds the report from existing runs.
 """
 
 from __future__ import annotations
@@ -108,12 +107,12 @@ def run_commands(settings: Mapping[str, Any], output_dir: str | Path) -> list[tu
 
 
 def _max_steps(settings: Mapping[str, Any], keys: Mapping[str, Any]) -> int | None:
-    """The run's ``max_steps``: its keys', else the recipe's (None when neither sets it)."""
-    if "max_steps" in keys:
-        return int(keys["max_steps"])
-    recipe = Path(settings["recipe"])
-    value = (yaml.safe_load(recipe.read_text()) or {}).get("max_steps") if recipe.is_file() else None
-    return None if value is None else int(value)
+    """The run's ``max_steps``: its keys', else the recipe's (None when neither sets a positive one: epochs decide)."""
+    value = keys.get("max_steps")
+    if value is None:
+        recipe = Path(settings["recipe"])
+        value = (yaml.safe_load(recipe.read_text()) or {}).get("max_steps") if recipe.is_file() else None
+    return int(value) if value is not None and int(value) > 0 else None
 
 
 def run_finished(run_dir: str | Path, max_steps: int | None) -> bool:
