@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from tiny import CPU_RUN, make_tokenizer  # noqa: E402
+from tiny import CPU_RUN, save_tiny  # noqa: E402
 
 from gbpo import GBPOConfig, GBPOTrainer  # noqa: E402
 from gbpo.models import resolve_model  # noqa: E402
@@ -127,24 +127,6 @@ def timed_run(cls, tokenizer, model_dir, out_dir, *, num_generations, trained, s
 
 
 def part1(args):
-    if args.tiny:
-        tokenizer = make_tokenizer()
-        config = Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            tie_word_embeddings=True,
-        )
-        name = "tiny random Qwen2"
-    else:
-        path = resolve_model(args.model)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        config = AutoConfig.from_pretrained(path)
-        name = f"{args.model} architecture, random weights"
-    config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     runs = {
         "vote 16 / train 8 (rows removed)": (GBPOTrainer, 16, 8),
         "plain 8 / 8": (GBPOTrainer, 8, 8),
@@ -152,18 +134,29 @@ def part1(args):
     }
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.save_pretrained(Path(tmp) / "model")
-        tokenizer.save_pretrained(Path(tmp) / "model")
+        model_dir = Path(tmp) / "model"
+        if args.tiny:
+            save_tiny(model_dir, hidden_size=64, intermediate_size=128)
+            name = "tiny random Qwen2"
+        else:
+            path = resolve_model(args.model)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            config = AutoConfig.from_pretrained(path)
+            config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+            model.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+            name = f"{args.model} architecture, random weights"
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
         for repeat in range(args.repeats):  # interleaved, the fastest of each kept: the machine is shared
             for label, (cls, n, m) in runs.items():
                 train, gen, rows = timed_run(
                     cls,
                     tokenizer,
-                    Path(tmp) / "model",
+                    model_dir,
                     Path(tmp) / "run",
                     num_generations=n,
                     trained=m,

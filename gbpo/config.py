@@ -306,26 +306,19 @@ class GBPOConfig(GRPOConfig):
             )
 
     def _check_trust_region_keys(self) -> None:
-        checks = {
-            "r2vpo_delta": self.r2vpo_delta > 0,
-            "r2vpo_lambda_init": self.r2vpo_lambda_init >= 0,
-            "r2vpo_eta": self.r2vpo_eta >= 0,
-            "ppo_br_lambda_1": self.ppo_br_lambda_1 >= 0,
-            "ppo_br_lambda_2": self.ppo_br_lambda_2 >= 0,
-            "ppo_br_epsilon_min": 0 < self.ppo_br_epsilon_min <= self.ppo_br_epsilon_max,
-            "ppo_br_epsilon_max": self.ppo_br_epsilon_max <= 1,
-            "ppo_br_reward_window": self.ppo_br_reward_window >= 1,
+        rules = {  # key: (holds, the rule as said in the error)
+            "r2vpo_delta": (self.r2vpo_delta > 0, "> 0"),
+            "r2vpo_lambda_init": (self.r2vpo_lambda_init >= 0, ">= 0"),
+            "r2vpo_eta": (self.r2vpo_eta >= 0, ">= 0"),
+            "ppo_br_lambda_1": (self.ppo_br_lambda_1 >= 0, ">= 0"),
+            "ppo_br_lambda_2": (self.ppo_br_lambda_2 >= 0, ">= 0"),
+            "ppo_br_epsilon_min": (
+                0 < self.ppo_br_epsilon_min <= self.ppo_br_epsilon_max,
+                "> 0 and <= ppo_br_epsilon_max",
+            ),
+            "ppo_br_epsilon_max": (self.ppo_br_epsilon_max <= 1, "<= 1"),
+            "ppo_br_reward_window": (self.ppo_br_reward_window >= 1, ">= 1"),
         }
-        allowed = {
-            "r2vpo_delta": "> 0",
-            "r2vpo_lambda_init": ">= 0",
-            "r2vpo_eta": ">= 0",
-            "ppo_br_lambda_1": ">= 0",
-            "ppo_br_lambda_2": ">= 0",
-            "ppo_br_epsilon_min": "> 0 and <= ppo_br_epsilon_max",
-            "ppo_br_epsilon_max": "<= 1",
-            "ppo_br_reward_window": ">= 1",
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise ValueError(f"{key} must be {allowed[key]}, got {getattr(self, key)!r}.")
+        for key, (holds, rule) in rules.items():
+            if not holds:
+                raise ValueError(f"{key} must be {rule}, got {getattr(self, key)!r}.")

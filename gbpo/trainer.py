@@ -380,8 +380,8 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         if self.trust_region is not None and mode == "train":
             # the step's constraint / entropy signals, summed over every process, for the state update at step end
             sums = torch.stack([((ratio - 1.0) ** 2 * mask).sum(), (entropies.detach() * mask).sum(), mask.sum()])
-            sums = self.accelerator.reduce(sums.float(), reduction="sum")
-            self.trust_region.accumulate(variance_sum=sums[0].item(), entropy_sum=sums[1].item(), tokens=sums[2].item())
+            variance_sum, entropy_sum, tokens = self.accelerator.reduce(sums.float(), reduction="sum").tolist()
+            self.trust_region.accumulate(variance_sum=variance_sum, entropy_sum=entropy_sum, tokens=tokens)
         self._log_gbpo_metrics(mode, mask, ratio, target_ratios, entropies, policy_loss * accumulation)
         if self.beta != 0.0:
             self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
