@@ -15,6 +15,8 @@ Benchmark evaluation during training is a callback, `gbpo.evaluation.callback.Be
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
@@ -104,7 +106,8 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         if cpu_colocate:
             configure_cpu_environment()
         enforce_eager = cpu_colocate if args.vllm_enforce_eager is None else args.vllm_enforce_eager
-        with vllm_engine_options(args.vllm_dtype, enforce_eager or None):
+        colocate = args.use_vllm and args.vllm_mode == "colocate"  # without vLLM there is no engine to configure
+        with vllm_engine_options(args.vllm_dtype, enforce_eager or None) if colocate else contextlib.nullcontext():
             super().__init__(model, reward_funcs, args=args, **kwargs)
         if cpu_colocate:
             # TRL's colocated weight sync assumes a GPU build of vLLM; on a CPU it goes through vLLM's reload.
