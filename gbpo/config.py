@@ -105,9 +105,10 @@ class GBPOConfig(GRPOConfig):
             `loss_type="ppo_br"` (arXiv 2505.17714; docs/algorithm.md): PPO's clipped loss (token mean) with the clip
             range `eps_t = clamp(epsilon * (1 + lambda_1 tanh(phi) - lambda_2 tanh(psi)), epsilon_min, epsilon_max)`
             set after each optimizer step for the next one: `phi = H_t / H_ref` (mean token entropy over the first
-            step's), `psi` the relative rise of the mean reward over the last `ppo_br_reward_window` steps against
-            the window before, clipped to [0, 1]. `epsilon` is `eps_0` (TRL's 0.2 by default). Logged:
-            `ppo_br/epsilon`, `ppo_br/phi`, `ppo_br/psi`.
+            step's), `psi` the relative rise of the mean reward over the last `ppo_br_reward_window` generation
+            batches against the window before, clipped to [0, 1] (each batch's mean reward over the rows it trains
+            enters once, however many optimizer steps train on it; the window is saved in checkpoints). `epsilon`
+            is `eps_0` (TRL's 0.2 by default). Logged: `ppo_br/epsilon`, `ppo_br/phi`, `ppo_br/psi`.
 
     Raises:
         ValueError: at construction, for a GBPO key out of range or a TRL option the GBPO loss cannot honour
@@ -212,7 +213,7 @@ class GBPOConfig(GRPOConfig):
     ppo_br_epsilon_min: float = field(default=0.1, metadata={"help": "PPO-BR: smallest clip range (> 0)."})
     ppo_br_epsilon_max: float = field(default=0.4, metadata={"help": "PPO-BR: largest clip range (<= 1)."})
     ppo_br_reward_window: int = field(
-        default=10, metadata={"help": "PPO-BR: steps per window of the reward trend (>= 1)."}
+        default=10, metadata={"help": "PPO-BR: generation batches per window of the reward trend (>= 1)."}
     )
 
     vllm_dtype: str = field(

@@ -402,8 +402,8 @@ def reward_trend(rewards: list[float] | tuple[float, ...], window: int) -> float
     0 until ``2 w`` values are known.
 
     Args:
-        rewards: mean reward of each step so far, oldest first.
-        window: ``w >= 1``, in steps.
+        rewards: mean reward of each generation batch so far, oldest first.
+        window: ``w >= 1``, in generation batches.
 
     Returns:
         ``dR`` as a float (unbounded; :func:`ppo_br_epsilon` clips it to [0, 1]).

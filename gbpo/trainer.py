@@ -16,6 +16,7 @@ Benchmark evaluation during training is a callback, `gbpo.evaluation.callback.Be
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from transformers import TrainerCallback
@@ -63,7 +64,9 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
     above the group's median reward, ``1 - eps_low`` below it) by the loss ``|A| * |rho - r*|``, token-mean over the
     mini-batch (docs/algorithm.md). A drop-in replacement for `trl.GRPOTrainer`: same arguments, same reward functions,
     same logging; with a TRL ``loss_type`` a `GBPOConfig` with the same keys as a `GRPOConfig` (defaults included)
-    trains exactly as `GRPOTrainer` does: same advantages, losses, logged metrics and updated weights.
+    trains exactly as `GRPOTrainer` does: same advantages, losses, logged metrics and updated weights, and logs the
+    ratio metrics below (``gbpo/ratio/*``, ``gbpo/outside_bounds/*`` with TRL's ``epsilon``/``epsilon_high``) on top,
+    so that every loss type's ratio can be compared under one name.
 
     Metrics logged with ``loss_type="gbpo"`` besides TRL's generation and reward metrics: ``entropy``, ``policy_loss``
     and ``kl`` (as TRL), ``gbpo/ratio/mean|min|max`` (``rho`` over loss tokens), ``gbpo/target_ratio/mean`` (``r*``
@@ -73,7 +76,8 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
     does not log them (a TRL ``loss_type`` logs TRL's own).
 
     ``loss_type="r2vpo"`` and ``"ppo_br"`` (docs/algorithm.md, "R2VPO and PPO-BR") log ``entropy``, ``policy_loss``,
-    ``<loss_type>/ratio/mean|min|max`` and their state: ``r2vpo/lambda`` and ``r2vpo/ratio_variance``, or
+    ``gbpo/ratio/*`` and ``gbpo/outside_bounds/*`` (PPO-BR against its step's ``eps_t``, R2VPO, which has no range,
+    against ``epsilon``/``epsilon_high``) and their state: ``r2vpo/lambda`` and ``r2vpo/ratio_variance``, or
     ``ppo_br/epsilon``, ``ppo_br/phi`` and ``ppo_br/psi`` (the values the step used).
 
     Benchmark evaluation during training (pass@k, maj@k every ``eval_steps``): add a
@@ -116,7 +120,6 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         self._gathered_rewards_per_func = None
         # R2VPO / PPO-BR: state across optimizer steps (identical on every process), moved at each step's end
         self.trust_region = TrustRegionState.from_config(args) if args.loss_type in ("r2vpo", "ppo_br") else None
-        self._last_mean_reward = None
         if self.trust_region is not None:
             self.add_callback(_TrustRegionStep(self))
 
@@ -126,8 +129,6 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         # TRL returns the rewards gathered over all processes; keep them for the target advantages.
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._gathered_rewards_per_func = rewards_per_func
-        if self.trust_region is not None and self.model.training:  # PPO-BR's reward window: this batch's mean
-            self._last_mean_reward = self._weighted_rewards(rewards_per_func).mean().item()
         return rewards_per_func
 
     def _weighted_rewards(self, rewards_per_func):
@@ -142,9 +143,12 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         num_trained = (args.num_train_generations or num_generations) if mode == "train" else num_generations
         drop_groups = mode == "train" and args.drop_uninformative_groups
         if num_trained == num_generations and not drop_groups:
-            output = self._score_round(super()._generate_and_score_completions(inputs), num_generations, num_trained)[0]
+            scored = self._score_round(super()._generate_and_score_completions(inputs), num_generations, num_trained)
+            output, rewards = scored[0], scored[3]
             if mode == "train" and self.loss_type in OWN_LOSSES:  # a TRL loss type logs exactly TRL's metrics
-                self._log_rows(output, torch.ones(output["advantages"].numel(), dtype=torch.bool), 0, 0)
+                every_row = torch.ones(output["advantages"].numel(), dtype=torch.bool)
+                self._log_rows(output, every_row, 0, 0)
+                self._enter_batch_reward(rewards, every_row)
             return output
 
         # Rows are dropped: the log-prob passes that TRL's method does not itself use run afterwards on the kept rows.
@@ -158,7 +162,7 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
             rounds.append(
                 self._generate_round(self._extra_prompts(len(inputs), len(rounds)), num_generations, num_trained)
             )
-        outputs, candidates, informative, deferred = zip(*rounds, strict=True)
+        outputs, candidates, informative, deferred, rewards = zip(*rounds, strict=True)
         device = self.accelerator.device
         candidates, informative = torch.cat(candidates), torch.cat(informative)
         steps = args.steps_per_generation
@@ -176,6 +180,7 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
 
+        self._enter_batch_reward(torch.cat(rewards)[index.to(rewards[0].device)], in_loss)
         groups_dropped = int(self.accelerator.gather(torch.tensor([int((~informative).sum())], device=device)).sum())
         self._log_rows(output, in_loss, groups_dropped // num_generations if drop_groups else 0, len(rounds) - 1)
         return output
@@ -200,18 +205,20 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
             output = super()._generate_and_score_completions(inputs)
         finally:
             deferred, self._deferred = self._deferred, None
-        output, trained, informative = self._score_round(output, num_generations, num_trained)
-        return output, trained, informative, deferred
+        output, trained, informative, rewards = self._score_round(output, num_generations, num_trained)
+        return output, trained, informative, deferred, rewards
 
     def _score_round(self, output, num_generations, num_trained):
         """Advantages (and GBPO's target ratios) among the trained rows of each group, from the gathered rewards.
 
-        Returns the output, and the local rows' (B,) trained and informative-group masks.
+        Returns the output, the local rows' (B,) trained and informative-group masks, and their (B,) rewards as TRL
+        logs them (`_weighted_rewards`).
         """
         rewards_per_func, self._gathered_rewards_per_func = self._gathered_rewards_per_func, None
         local = output["advantages"].shape[0]
         process_slice = slice(self.accelerator.process_index * local, (self.accelerator.process_index + 1) * local)
         trained = trained_mask(rewards_per_func.size(0), num_generations, num_trained).to(rewards_per_func.device)
+        logged_rewards = self._weighted_rewards(rewards_per_func)[process_slice]
         if self.loss_type != "gbpo" and num_trained == num_generations:
             advantages = self.accelerator.gather(output["advantages"])  # TRL's, for either aggregation
         else:
@@ -234,7 +241,17 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
                     target_advantages[process_slice], self.epsilon_low, self.epsilon_high, self.args.gbpo_temperature
                 )
         informative = informative_rows(advantages, trained, num_generations)
-        return output, trained[process_slice].cpu(), informative[process_slice].cpu()
+        return output, trained[process_slice].cpu(), informative[process_slice].cpu(), logged_rewards
+
+    def _enter_batch_reward(self, rewards, in_loss):
+        """PPO-BR: enter the mean reward of the rows this training batch trains on (``rewards`` (B,) of this process's
+        rows, ``in_loss`` (B,) bool), over every process, into the reward window: once per generation batch."""
+        if self.trust_region is None or self.loss_type != "ppo_br":
+            return
+        in_loss = in_loss.to(rewards.device)
+        local = torch.stack([rewards[in_loss].sum(), in_loss.sum().to(rewards.dtype)])
+        total, count = self.accelerator.reduce(local, reduction="sum").tolist()
+        self.trust_region.add_batch_reward(total / count if count else math.nan)
 
     def _extra_prompts(self, num_rows, round_index):
         """This process's rows of an extra generation round: fresh prompts, the same on every process (seeded)."""
@@ -263,7 +280,11 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
                 deferred.append(name)
                 return input_ids.new_zeros(input_ids.size(0), logits_to_keep, dtype=torch.float32), None, None
             deferred.append("computed")
-        return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *a, **kw)
+        result = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *a, **kw)
+        captured = getattr(self, "_captured_logps", None)
+        if captured is not None:  # TRL's loss pass (`_compute_trl_loss`): keep its log-probs for the ratio metrics
+            captured.append(result[0].detach())
+        return result
 
     def _run_deferred_logps(self, output, deferred):
         """The old/reference log-prob passes deferred by `_get_per_token_logps_and_entropies`, on the kept rows."""
@@ -296,7 +317,7 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
 
     def _compute_loss(self, model, inputs):
         if self.loss_type not in OWN_LOSSES:
-            return super()._compute_loss(model, inputs)
+            return self._compute_trl_loss(model, inputs)
 
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
@@ -390,6 +411,25 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
             self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
         return loss
 
+    def _compute_trl_loss(self, model, inputs):
+        """TRL's loss for a TRL ``loss_type``, unchanged, plus the ratio metrics every loss type logs
+        (`_log_ratio_metrics`), from the log-probs of TRL's own forward pass."""
+        self._captured_logps = []
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            captured, self._captured_logps = self._captured_logps, None
+        per_token_logps = captured[0]
+        old_per_token_logps = inputs.get("old_per_token_logps")
+        old_per_token_logps = per_token_logps if old_per_token_logps is None else old_per_token_logps
+        mask = (
+            inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        )
+        ratio = importance_ratio(per_token_logps, old_per_token_logps)
+        mode = "train" if self.model.training else "eval"
+        self._log_ratio_metrics(mode, mask, ratio, self.epsilon_low, self.epsilon_high)
+        return loss
+
     def _step_token_count(self, inputs, mode: str) -> torch.Tensor:
         """Loss tokens of the optimizer step ``inputs`` belongs to, summed over its micro-batches and the processes.
 
@@ -423,22 +463,32 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         None for the other two, which log their state instead: ``r2vpo/*`` or ``ppo_br/*``).
         """
         metrics = self._metrics[mode]
-        prefix = self.loss_type
         metrics["entropy"].append(self._global_masked_mean(entropies, mask))
         metrics["policy_loss"].append(self.accelerator.gather(policy_loss.detach()).mean().item())
-        metrics[f"{prefix}/ratio/mean"].append(self._global_masked_mean(ratio, mask))
-        masked_ratio = ratio.masked_fill(~mask.bool(), float("nan"))
-        metrics[f"{prefix}/ratio/min"].append(nanmin(self.accelerator.gather(nanmin(masked_ratio))).item())
-        metrics[f"{prefix}/ratio/max"].append(nanmax(self.accelerator.gather(nanmax(masked_ratio))).item())
         if self.trust_region is not None:
-            for key, value in self.trust_region.metrics().items():  # the values this step's loss used
+            state = self.trust_region.metrics()  # the values this step's loss used
+            for key, value in state.items():
                 metrics[key].append(value)
+            eps = state.get("ppo_br/epsilon")  # PPO-BR: its own range; R2VPO has none, so the config's epsilons
+            self._log_ratio_metrics(mode, mask, ratio, eps or self.epsilon_low, eps or self.epsilon_high)
             return
+        self._log_ratio_metrics(mode, mask, ratio, self.epsilon_low, self.epsilon_high)
         # Rows without loss tokens (completions that only voted, or masked by TRL) are not trained: leave them out.
         trained_rows = (mask.sum(dim=1) > 0).float()
         metrics["gbpo/target_ratio/mean"].append(self._global_masked_mean(target_ratios, trained_rows))
-        low = (ratio < 1 - self.epsilon_low).float()
-        high = (ratio > 1 + self.epsilon_high).float()
+
+    def _log_ratio_metrics(self, mode, mask, ratio, epsilon_low, epsilon_high):
+        """The ratio metrics every loss type logs under the same names: ``gbpo/ratio/mean|min|max`` (``rho`` over the
+        loss tokens ``mask`` (B, T), ``ratio`` (B, T)) and ``gbpo/outside_bounds/low_mean|high_mean|region_mean``
+        (fraction of loss tokens with ``rho`` below ``1 - epsilon_low``, above ``1 + epsilon_high``, or either,
+        whatever the advantage's sign), reduced over every process."""
+        metrics = self._metrics[mode]
+        metrics["gbpo/ratio/mean"].append(self._global_masked_mean(ratio, mask))
+        masked_ratio = ratio.masked_fill(~mask.bool(), float("nan"))
+        metrics["gbpo/ratio/min"].append(nanmin(self.accelerator.gather(nanmin(masked_ratio))).item())
+        metrics["gbpo/ratio/max"].append(nanmax(self.accelerator.gather(nanmax(masked_ratio))).item())
+        low = (ratio < 1 - epsilon_low).float()
+        high = (ratio > 1 + epsilon_high).float()
         metrics["gbpo/outside_bounds/low_mean"].append(self._global_masked_mean(low, mask))
         metrics["gbpo/outside_bounds/high_mean"].append(self._global_masked_mean(high, mask))
         metrics["gbpo/outside_bounds/region_mean"].append(self._global_masked_mean(torch.maximum(low, high), mask))
@@ -463,4 +513,4 @@ class _TrustRegionStep(TrainerCallback):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.trainer.trust_region.end_step(args, self.trainer._last_mean_reward)
+        self.trainer.trust_region.end_step(args)

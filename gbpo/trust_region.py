@@ -3,8 +3,9 @@
 * R2VPO (arXiv 2601.03320): the Lagrange multiplier ``lambda`` of the ratio-variance constraint, moved after every
   optimizer step by :func:`gbpo.loss.r2vpo_dual_update` from the step's ratio variance ``v``.
 * PPO-BR (arXiv 2505.17714): the entropy reference ``H_ref`` (the first step's mean token entropy), the mean reward of
-  every step so far (the window of :func:`gbpo.loss.reward_trend`) and the clip range ``eps_t`` that the next step
-  uses, from :func:`gbpo.loss.ppo_br_epsilon`.
+  every generation batch so far (the window of :func:`gbpo.loss.reward_trend` counts batches: a batch trained over
+  several optimizer steps enters once) and the clip range ``eps_t`` that the next step uses, from
+  :func:`gbpo.loss.ppo_br_epsilon`.
 
 Within an optimizer step the trainer only *accumulates* (sums over micro-batches, already reduced over every process);
 :meth:`TrustRegionState.end_step` turns the sums into the next step's ``lambda`` / ``eps_t``, so every micro-batch of a
@@ -36,7 +37,7 @@ class TrustRegionState:
         ratio_variance: R2VPO's ``v`` of the last finished step (nan before the first).
         epsilon: PPO-BR's clip range ``eps_t`` used by the current step.
         entropy_ref: PPO-BR's ``H_ref`` (nats; None until the first step ends).
-        rewards: PPO-BR's mean reward of every finished step, oldest first.
+        rewards: PPO-BR's mean reward of every training generation batch so far, oldest first.
         phi, psi: PPO-BR's entropy and reward signals behind ``epsilon``.
     """
 
@@ -81,13 +82,23 @@ class TrustRegionState:
         for key, value in sums.items():
             self._sums[key] = self._sums.get(key, 0.0) + float(value)
 
-    def end_step(self, args, mean_reward: float | None) -> None:
+    def add_batch_reward(self, mean_reward: float) -> None:
+        """Enter a generation batch's mean reward into PPO-BR's window, once per batch (not once per optimizer step).
+
+        The trainer calls it when a training batch is complete (after every dynamic-sampling round and row selection),
+        with the mean reward of the rows it trains on. The window is part of the saved state, so a run resumed inside
+        a batch's optimizer steps continues with the same window. A non-finite mean (no row scored) is not entered.
+        """
+        if self.loss_type == "ppo_br" and math.isfinite(mean_reward):
+            self.rewards.append(float(mean_reward))
+
+    def end_step(self, args) -> None:
         """Close an optimizer step: move ``lambda`` (R2VPO) or ``eps_t`` (PPO-BR) for the next step.
 
         Args:
-            args: the `GBPOConfig` (the keys ``r2vpo_*`` / ``ppo_br_*`` and ``epsilon``).
-            mean_reward: the mean reward of the generation batch this step trained on (PPO-BR's window); None
-                leaves the window as it is.
+            args: the `GBPOConfig` (the keys ``r2vpo_*`` / ``ppo_br_*`` and ``epsilon``). PPO-BR's reward trend is over
+                the generation batches entered so far (:meth:`add_batch_reward`), ``ppo_br_reward_window`` batches
+                per window.
         """
         sums, self._sums = self._sums, {}
         tokens = sums.get("tokens", 0.0)
@@ -102,8 +113,6 @@ class TrustRegionState:
             entropy = sums["entropy_sum"] / tokens
             if self.entropy_ref is None:
                 self.entropy_ref = max(entropy, 1e-8)
-            if mean_reward is not None and math.isfinite(mean_reward):
-                self.rewards.append(float(mean_reward))
             change = reward_trend(self.rewards, args.ppo_br_reward_window)
             self.epsilon, self.phi, self.psi = self._ppo_br(args, entropy, self.entropy_ref, change)
 

@@ -173,10 +173,18 @@ def test_trl_loss_type_at_defaults_trains_as_grpo_trainer(tiny_model_dir, tmp_pa
     logs_grpo = [e for e in grpo.state.log_history if "loss" in e]
     logs_gbpo = [e for e in gbpo.state.log_history if "loss" in e]
     assert any(e["clip_ratio/region_mean"] > 0 for e in logs_grpo)
-    assert [sorted(e) for e in logs_gbpo] == [sorted(e) for e in logs_grpo]
+    # GBPO logs TRL's metrics, equal, plus the ratio metrics every loss type logs (gbpo/ratio/*, gbpo/outside_bounds/*)
+    assert [sorted(set(e) - set(RATIO_METRICS)) for e in logs_gbpo] == [sorted(e) for e in logs_grpo]
     for ours, theirs in zip(logs_gbpo, logs_grpo, strict=True):
         for key in set(theirs) - {"step_time"}:  # wall-clock time is the only key allowed to differ
             assert ours[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9, nan_ok=True), key
+        assert set(RATIO_METRICS) <= set(ours)
+        # TRL's clip fractions count a bound only for the advantage's sign; ours whatever the sign
+        for end in ("low", "high", "region"):
+            assert ours[f"gbpo/outside_bounds/{end}_mean"] >= theirs[f"clip_ratio/{end}_mean"] - 1e-9, end
+        assert ours["gbpo/ratio/min"] <= ours["gbpo/ratio/mean"] <= ours["gbpo/ratio/max"]
+    assert logs_gbpo[0]["gbpo/ratio/max"] == pytest.approx(1.0)  # first pass over a batch: rho = 1 exactly
+    assert any(e["gbpo/ratio/max"] > 1.2 for e in logs_gbpo)  # the second pass moved past 1 + eps
     after_grpo, after_gbpo = params(grpo.model), params(gbpo.model)
     assert any(not torch.equal(before[n], after_grpo[n]) for n in before)
     for name in after_grpo:
@@ -217,8 +225,20 @@ def test_gbpo_loss_in_trainer_is_the_token_mean_of_the_atv_loss(tiny_model_dir, 
     assert trainer._metrics["train"]["policy_loss"][-1] == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_gbpo_metrics_names_and_values_on_a_hand_made_batch(tiny_model_dir, tmp_path):
-    trainer = make_trainer(GBPOTrainer, GBPOConfig, tiny_model_dir, tmp_path)
+RATIO_METRICS = (
+    "gbpo/ratio/mean",
+    "gbpo/ratio/min",
+    "gbpo/ratio/max",
+    "gbpo/outside_bounds/low_mean",
+    "gbpo/outside_bounds/high_mean",
+    "gbpo/outside_bounds/region_mean",
+)
+
+
+@pytest.mark.parametrize("loss_type", ["gbpo", "dapo", "grpo", "r2vpo"])
+def test_gbpo_metrics_names_and_values_on_a_hand_made_batch(tiny_model_dir, tmp_path, loss_type):
+    """Every loss type logs the ratio metrics under one name, with the same values on the same batch."""
+    trainer = make_trainer(GBPOTrainer, GBPOConfig, tiny_model_dir, tmp_path, loss_type=loss_type, epsilon=0.3)
     batch = fake_batch(trainer, seed=5)
     batch["completion_mask"][2] = 0  # a row with no loss tokens (as a completion that only voted): r* = 1.0
     batch["target_ratios"] = torch.tensor([1.3, 0.7, 1.0, 0.7])
@@ -230,15 +250,18 @@ def test_gbpo_metrics_names_and_values_on_a_hand_made_batch(tiny_model_dir, tmp_
     trainer._compute_loss(trainer.model, batch)
 
     metrics = {key: values[-1] for key, values in trainer._metrics["train"].items()}
-    assert not any(key.startswith("clip_ratio/") for key in metrics)  # TRL's name means something else
+    # TRL's clip_ratio/* (the clip active for the advantage's sign) only where TRL computes the loss
+    assert any(key.startswith("clip_ratio/") for key in metrics) == (loss_type in ("dapo", "grpo"))
     # Loss tokens: row 0 all 6, row 1 the first 4, row 3 the first 2 -> 12 tokens.
     # rho < 0.7 (spread -0.6, -0.5): row 0 two, row 1 one (-0.6), row 3 one -> 4 / 12
     # rho > 1.3 (spread 0.5, 0.4):   row 0 two, row 1 one (0.5)                -> 3 / 12
     assert metrics["gbpo/outside_bounds/low_mean"] == pytest.approx(4 / 12, abs=1e-6)
     assert metrics["gbpo/outside_bounds/high_mean"] == pytest.approx(3 / 12, abs=1e-6)
     assert metrics["gbpo/outside_bounds/region_mean"] == pytest.approx(7 / 12, abs=1e-6)
-    # r* over the trained rows 0, 1 and 3 only (row 2 has no loss tokens).
-    assert metrics["gbpo/target_ratio/mean"] == pytest.approx((1.3 + 0.7 + 0.7) / 3, abs=1e-6)
+    if loss_type == "gbpo":  # r* over the trained rows 0, 1 and 3 only (row 2 has no loss tokens).
+        assert metrics["gbpo/target_ratio/mean"] == pytest.approx((1.3 + 0.7 + 0.7) / 3, abs=1e-6)
+    else:
+        assert "gbpo/target_ratio/mean" not in metrics
     rho = torch.exp(spread)[batch["completion_mask"].bool()]
     assert metrics["gbpo/ratio/mean"] == pytest.approx(rho.mean().item(), rel=1e-4)
     assert metrics["gbpo/ratio/min"] == pytest.approx(math.exp(-0.6), rel=1e-4)

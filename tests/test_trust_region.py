@@ -123,7 +123,9 @@ def test_state_updates_by_hand(tmp_path):
     state = TrustRegionState.from_config(args)
     state.accumulate(variance_sum=0.3, entropy_sum=5.0, tokens=4)  # two micro-batches of one step
     state.accumulate(variance_sum=0.1, entropy_sum=5.0, tokens=6)
-    state.end_step(args, mean_reward=0.5)
+    state.add_batch_reward(0.5)  # R2VPO keeps no reward window
+    state.end_step(args)
+    assert state.rewards == []
     assert state.ratio_variance == pytest.approx(0.04)  # 0.4 / 10 tokens
     assert state.lagrange_multiplier == pytest.approx(1.3)  # 1 + 10 * (0.04 - 0.01)
     assert state.metrics() == {"r2vpo/lambda": pytest.approx(1.3), "r2vpo/ratio_variance": pytest.approx(0.04)}
@@ -132,15 +134,21 @@ def test_state_updates_by_hand(tmp_path):
     assert args.epsilon == 0.2  # eps_0 is TRL's default epsilon
     state = TrustRegionState.from_config(args)
     assert state.epsilon == pytest.approx(0.2 * (1 + 0.5 * math.tanh(1.0)))  # step 1: H = H_ref, no trend
+    state.add_batch_reward(0.4)  # the first generation batch
     state.accumulate(variance_sum=0.0, entropy_sum=8.0, tokens=4)
-    state.end_step(args, mean_reward=0.4)  # H_ref = 2, one reward: no trend yet
+    state.end_step(args)  # H_ref = 2, one reward: no trend yet
     assert (state.entropy_ref, state.rewards, state.phi, state.psi) == (2.0, [0.4], 1.0, 0.0)
+    state.accumulate(variance_sum=0.0, entropy_sum=6.0, tokens=4)
+    state.end_step(args)  # a second optimizer step on the same batch: H 1.5 -> phi 0.75; the window is unchanged
+    assert (state.rewards, state.phi, state.psi) == ([0.4], 0.75, 0.0)
+    state.add_batch_reward(0.6)  # the second batch
+    state.add_batch_reward(math.nan)  # a batch no reward function scored is not entered
     state.accumulate(variance_sum=0.0, entropy_sum=4.0, tokens=4)
-    state.end_step(args, mean_reward=0.6)  # H 1 -> phi 0.5; dR = (0.6 - 0.4) / 0.4 = 0.5
+    state.end_step(args)  # H 1 -> phi 0.5; dR = (0.6 - 0.4) / 0.4 = 0.5
     assert (state.phi, state.psi) == (0.5, pytest.approx(0.5))
     assert state.epsilon == pytest.approx(0.2 * (1 + 0.5 * math.tanh(0.5) - 0.3 * math.tanh(0.5)))
-    state.end_step(args, mean_reward=0.9)  # a step without loss tokens leaves the state as it was
-    assert state.rewards == [0.4, 0.6]
+    state.end_step(args)  # a step without loss tokens leaves the state as it was
+    assert state.rewards == [0.4, 0.6] and state.phi == 0.5
 
     state.save(tmp_path)
     restored = TrustRegionState.from_config(args)
@@ -175,7 +183,7 @@ def test_train_command_trains_and_logs_the_state_every_step(tmp_path, tiny_model
     logged = [m for m in trainer.state.log_history if "loss" in m]
     assert len(logged) == 6
     for m in logged:
-        assert all(key in m for key in (*state_keys, f"{loss_type}/ratio/max", "entropy")), m
+        assert all(key in m for key in (*state_keys, "gbpo/ratio/max", "gbpo/outside_bounds/region_mean", "entropy")), m
     initial = type(trainer.model).from_pretrained(tiny_model_dir).state_dict()
     assert any(not torch.equal(p, initial[n]) for n, p in trainer.model.state_dict().items())
     values = [m[state_keys[0]] for m in logged]
@@ -211,7 +219,40 @@ def test_resume_continues_the_state_exactly(tmp_path, tiny_model_dir, monkeypatc
     state_key = "r2vpo/lambda" if loss_type == "r2vpo" else "ppo_br/epsilon"
     assert len({want[s][state_key] for s in range(5, 9)} | {want[1][state_key]}) > 1  # the state moved
     for step in range(1, 9):
-        for key in ("loss", state_key, f"{loss_type}/ratio/max"):
+        for key in ("loss", state_key, "gbpo/ratio/max"):
+            assert got[step][key] == pytest.approx(want[step][key], rel=1e-5, abs=1e-7), (step, key)
+    for name, tensor in reference.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_ppo_br_window_counts_generation_batches_and_resumes_inside_a_batch(tmp_path, tiny_model_dir, monkeypatch):
+    """A window of 2 generation batches; SIGTERM during step 7, the first of the two optimizer steps on batch 4.
+
+    Each batch's mean reward enters the window once (6 batches over 12 steps: 6 entries, the ``reward`` TRL logs for
+    that batch), and the window is saved with the checkpoint, so the resumed run continues it exactly: same eps_t,
+    phi, psi, losses and weights as an uninterrupted run.
+    """
+    from gbpo.train import main
+
+    settings = dict(
+        SETTINGS, max_steps=12, num_iterations=1, loss_type="ppo_br", ppo_br_reward_window=2, dataset_limit=12
+    )
+    reference = main([str(tiny_recipe(tmp_path / "reference", tiny_model_dir, save_strategy="no", **settings))])
+    logged_rewards = [m["reward"] for m in reference.state.log_history if "reward" in m]
+    assert len(logged_rewards) == 6  # one generation batch every 2 steps
+    assert reference.trust_region.rewards == pytest.approx(logged_rewards, abs=1e-6)
+
+    recipe = tiny_recipe(tmp_path / "preempted", tiny_model_dir, save_strategy="no", **settings)
+    out = tmp_path / "preempted" / "out"
+    assert run_preempted(recipe, monkeypatch, step=7).state.global_step == 7
+    saved = json.loads((out / "checkpoint-7" / TRUST_REGION_FILE).read_text())
+    assert saved["rewards"] == pytest.approx(logged_rewards[:4], abs=1e-6)  # batch 4 entered when it was generated
+
+    resumed = main([str(recipe), "--resume_from_checkpoint", "true"])
+    assert resumed.trust_region.rewards == pytest.approx(reference.trust_region.rewards, abs=1e-6)
+    got, want = steps(out), {m["step"]: m for m in reference.state.log_history if "loss" in m}
+    for step in range(1, 13):
+        for key in ("loss", "ppo_br/epsilon", "ppo_br/phi", "ppo_br/psi", "gbpo/ratio/max"):
             assert got[step][key] == pytest.approx(want[step][key], rel=1e-5, abs=1e-7), (step, key)
     for name, tensor in reference.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
