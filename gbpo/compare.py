@@ -9,15 +9,22 @@ stress setting) and methods (a loss type and its keys)::
     groups: {reference: {learning_rate: 2.0e-6}, stress: {learning_rate: 2.0e-5, num_iterations: 4}}
     methods: {gbpo: {loss_type: gbpo}, grpo: {loss_type: dapo}}
     before: [--model, smollm2-135m, --benchmarks, arithmetic]               # optional: gbpo.evaluate arguments
+    sweep: num_iterations                                                   # optional: the key the groups vary
 
-Every (group, method, seed) is one ``python -m gbpo.train`` subprocess (training is never re-implemented here) into
-``DIR/runs/<group>/<method>/seed<k>``, whose ``metrics.jsonl`` the report reads. A run that trained to its
+A group may also name its own ``methods`` (a list of names from ``methods``) and ``seeds``; by default it runs every
+method with the top-level seeds. Every (group, seed, method) is one ``python -m gbpo.train`` subprocess (training is
+never re-implemented here) into ``DIR/runs/<group>/<method>/seed<k>``, whose ``metrics.jsonl`` the report reads.
+With ``--work-dir W`` the runs train in ``W/runs/...`` (checkpoints and weights stay there) and each finished run's
+``metrics.jsonl`` is copied to ``DIR/runs/...``, the part of a study worth committing. A run that trained to its
 ``max_steps`` is not run again; one that stopped early (the study or the run was killed) resumes from its newest
 complete checkpoint (``--resume_from_checkpoint true``), or starts afresh if it has none, so an interrupted study
 continues. The report leaves unfinished runs out and says how many. ``before`` evaluates the starting model once
 with ``python -m gbpo.evaluate`` (``DIR/before``). Then ``DIR/report.md`` gets one table per group (mean over seeds,
 per-seed values beside it) and ``DIR/<group>_<quantity>.png`` one figure per quantity with every method's curve over
-steps. ``--dry-run`` prints the commands that would run now; ``--report-only`` rebuilds the report from existing runs.
+steps. With ``sweep``, ``DIR/<sweep>_avg.png`` draws the benchmark avg@k after training (the runs' last in-training
+evaluation) against the groups' values of that key, one line per method (mean over seeds) and every seed's point.
+``--dry-run`` prints the commands that would run now; ``--report-only`` rebuilds the report from existing runs;
+``--max-runs N`` stops after N runs (a long study is run and committed run by run).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import argparse
 import json
 import math
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -44,12 +52,14 @@ CURVES = (
     ("reward", "mean reward (majority vote)", ("reward",)),
     ("label_accuracy", "TTRL label accuracy", ("ttrl/label_accuracy",)),
     ("entropy", "policy entropy (nats/token)", ("entropy",)),
-    ("ratio_max", "largest ratio in the step", ("{loss}/ratio/max",)),
-    ("ratio_min", "smallest ratio in the step", ("{loss}/ratio/min",)),
+    ("ratio_max", "largest ratio in the step", ("gbpo/ratio/max", "{loss}/ratio/max")),
+    ("ratio_min", "smallest ratio in the step", ("gbpo/ratio/min", "{loss}/ratio/min")),
     ("state", "lambda (R2VPO) / eps_t (PPO-BR)", ("r2vpo/lambda", "ppo_br/epsilon")),
 )
 # A run's reward has collapsed at the first generation step whose mean reward is below this share of the first one.
 COLLAPSE_SHARE = 0.5
+# Keys of a group that are the study's, not gbpo.train's.
+GROUP_PLAN_KEYS = ("methods", "seeds")
 
 
 def load_settings(path: str | Path) -> dict[str, Any]:
@@ -73,7 +83,30 @@ def load_settings(path: str | Path) -> dict[str, Any]:
         if "loss_type" not in (keys or {}):
             raise ValueError(f"{path}: method {name!r} has no loss_type.")
     settings.setdefault("common", {})
+    sweep = settings.get("sweep")
+    for name, keys in settings["groups"].items():
+        keys = keys or {}
+        methods, seeds = keys.get("methods"), keys.get("seeds")
+        if methods is not None and (not isinstance(methods, list) or not set(methods) <= set(settings["methods"])):
+            raise ValueError(
+                f"{path}: group {name!r}: methods must be a list of names from methods "
+                f"{list(settings['methods'])}, got {methods!r}."
+            )
+        if seeds is not None and (
+            not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds)
+        ):
+            raise ValueError(f"{path}: group {name!r}: seeds must be a list of integers, got {seeds!r}.")
+        if sweep is not None and sweep not in keys and sweep not in settings["common"]:
+            raise ValueError(f"{path}: group {name!r} sets no {sweep!r}, the sweep key: set it in the group or common.")
     return settings
+
+
+def group_plan(settings: Mapping[str, Any], group: str) -> tuple[dict[str, Any], list[str], list[int]]:
+    """A group's ``(gbpo.train keys common to its runs, method names, seeds)``."""
+    keys = dict(settings["groups"][group] or {})
+    methods = keys.pop("methods", None) or list(settings["methods"])
+    seeds = keys.pop("seeds", None) or list(settings["seeds"])
+    return {**settings["common"], **keys}, methods, seeds
 
 
 def _flags(keys: Mapping[str, Any] | None) -> list[str]:
@@ -85,13 +118,15 @@ def _flags(keys: Mapping[str, Any] | None) -> list[str]:
 
 
 def _run_keys(settings: Mapping[str, Any], output_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
-    """``(run directory, gbpo.train keys)`` for every group x method x seed, in that order."""
+    """``(run directory, gbpo.train keys)`` for every group x seed x method of the group, in that order (so the
+    methods of one seed finish side by side)."""
     runs = []
-    for group, group_keys in settings["groups"].items():
-        for method, method_keys in settings["methods"].items():
-            for seed in settings["seeds"]:
+    for group in settings["groups"]:
+        group_keys, methods, seeds = group_plan(settings, group)
+        for seed in seeds:
+            for method in methods:
                 out = Path(output_dir) / "runs" / group / method / f"seed{seed}"
-                keys = {**settings["common"], **(group_keys or {}), **(method_keys or {})}
+                keys = {**group_keys, **(settings["methods"][method] or {})}
                 runs.append((out, keys | {"seed": seed, "output_dir": str(out)}))
     return runs
 
@@ -146,20 +181,23 @@ def summarise_run(run_dir: str | Path, loss_type: str) -> dict[str, float | None
     """The table's numbers for one run, from its ``metrics.jsonl``.
 
     ``label_accuracy_final``/``_best``: TTRL label accuracy of the last / best generation batch; ``majority_ratio``:
-    of the last batch; ``eval_pass@1`` / ``eval_maj@k``: the last in-training benchmark evaluation (the first
-    benchmark; the largest k); ``entropy_end``: the last step's; ``ratio_max``: the largest ratio of any step (None
-    for a TRL loss type, which does not log it); ``collapse_step``: the first generation step whose reward is below
-    ``COLLAPSE_SHARE`` of the first one (None: no collapse); ``final_<state>``: R2VPO's lambda / PPO-BR's eps_t.
+    of the last batch; ``eval_pass@1`` (avg@n) with ``eval_ci95_low``/``_high`` (its 95% interval over problems, when
+    logged), ``eval_pass@k`` and ``eval_maj@k``: the last in-training benchmark evaluation (the first benchmark; the
+    largest k); ``entropy_end``: the last step's; ``ratio_max``: the largest ratio of any step (``gbpo/ratio/max``,
+    logged for every loss type; None when the run did not log it); ``collapse_step``: the first generation step whose
+    reward is below ``COLLAPSE_SHARE`` of the first one (None: no collapse); ``final_<state>``: R2VPO's lambda /
+    PPO-BR's eps_t; ``epsilon_min``/``epsilon_max``: the range PPO-BR's eps_t took over the run.
     """
     entries = _entries(Path(run_dir))
     label = [v for _, v in _series(entries, ("ttrl/label_accuracy",), loss_type)]
     reward = _series(entries, ("reward",), loss_type)
+    ratio_keys = ("gbpo/ratio/max", "{loss}/ratio/max")
     summary: dict[str, float | None] = {
         "label_accuracy_final": label[-1] if label else None,
         "label_accuracy_best": max(label) if label else None,
         "majority_ratio": (_series(entries, ("ttrl/majority_ratio",), loss_type) or [(0, None)])[-1][1],
         "entropy_end": (_series(entries, ("entropy",), loss_type) or [(0, None)])[-1][1],
-        "ratio_max": max((v for _, v in _series(entries, ("{loss}/ratio/max",), loss_type)), default=None),
+        "ratio_max": max((v for _, v in _series(entries, ratio_keys, loss_type)), default=None),
         "collapse_step": None,
     }
     if reward and reward[0][1] > 0:
@@ -170,11 +208,17 @@ def summarise_run(run_dir: str | Path, loss_type: str) -> dict[str, float | None
         bench = sorted(k for k in last if k.startswith("eval/") and k.endswith("/pass@1"))[0].split("/")[1]
         ks = sorted(int(k.rsplit("@", 1)[1]) for k in last if k.startswith(f"eval/{bench}/maj@"))
         summary["eval_pass@1"] = last[f"eval/{bench}/pass@1"]
+        summary["eval_ci95_low"] = last.get(f"eval/{bench}/pass@1_ci95_low")
+        summary["eval_ci95_high"] = last.get(f"eval/{bench}/pass@1_ci95_high")
         summary["eval_maj@k"] = last[f"eval/{bench}/maj@{ks[-1]}"] if ks else None
+        summary["eval_pass@k"] = last.get(f"eval/{bench}/pass@{ks[-1]}") if ks and ks[-1] > 1 else None
     for key in ("r2vpo/lambda", "ppo_br/epsilon"):
         series = _series(entries, (key,), loss_type)
         if series:
             summary["final_" + key.replace("/", "_")] = series[-1][1]
+    epsilons = [v for _, v in _series(entries, ("ppo_br/epsilon",), loss_type)]
+    if epsilons:
+        summary["epsilon_min"], summary["epsilon_max"] = min(epsilons), max(epsilons)
     return summary
 
 
@@ -184,9 +228,15 @@ COLUMNS = (
     ("majority_ratio", "majority ratio", 100),
     ("eval_pass@1", "eval avg@k after", 100),
     ("eval_maj@k", "eval maj@k after", 100),
+    ("eval_pass@k", "eval pass@k after", 100),
     ("entropy_end", "entropy at end", 1),
     ("ratio_max", "largest ratio", 1),
     ("collapse_step", "reward collapse step", 1),
+)
+# Columns whose cell is a range per seed, "low-high", from two summary keys (scale, digits).
+RANGE_COLUMNS = (
+    ("eval_ci95_low", "eval_ci95_high", "avg@k 95% interval", 100, 3),
+    ("epsilon_min", "epsilon_max", "PPO-BR eps_t range", 1, 3),
 )
 
 
@@ -198,8 +248,58 @@ def _cell(values: Sequence[float | None], scale: float, absent: str = "n/a") -> 
     return f"{sum(known) / len(known) * scale:.3g} ({per_seed})"
 
 
+def _range_cell(summaries: Sequence[Mapping[str, Any]], low: str, high: str, scale: float, digits: int) -> str:
+    ranges = [(s.get(low), s.get(high)) for s in summaries]
+    if all(a is None or b is None for a, b in ranges):
+        return "n/a"
+    return "; ".join(
+        "-" if a is None or b is None else f"{a * scale:.{digits}g}-{b * scale:.{digits}g}" for a, b in ranges
+    )
+
+
+def _before_avg(out: Path) -> dict[str, float]:
+    """``{benchmark: avg@n}`` of the ``before`` evaluation, when it ran."""
+    before = out / "before" / "results.json"
+    if not before.is_file():
+        return {}
+    return {name: b["metrics"]["pass@1"] for name, b in json.loads(before.read_text())["benchmarks"].items()}
+
+
+def _sweep_figure(settings, out: Path, finished: Mapping[tuple[str, str, int], Mapping[str, Any]], plt) -> Path | None:
+    """Figure (a): eval avg@k after training against the sweep key, per method (mean line, every seed's point)."""
+    sweep = settings.get("sweep")
+    if not sweep:
+        return None
+    points: dict[str, list[tuple[float, float]]] = {}
+    for (group, method, _), summary in finished.items():
+        if summary.get("eval_pass@1") is not None:
+            x = float(group_plan(settings, group)[0][sweep])
+            points.setdefault(method, []).append((x, summary["eval_pass@1"] * 100))
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for i, method in enumerate(m for m in settings["methods"] if m in points):
+        xs = sorted({x for x, _ in points[method]})
+        means = [sum(y for x2, y in points[method] if x2 == x) / sum(x2 == x for x2, _ in points[method]) for x in xs]
+        ax.plot(xs, means, color=f"C{i}", marker="o", label=method)
+        ax.scatter(*zip(*points[method], strict=True), color=f"C{i}", alpha=0.45, s=18)
+    for name, avg in _before_avg(out).items():
+        ax.axhline(avg * 100, color="grey", linestyle=":", label=f"before training ({name})")
+    values = sorted({float(group_plan(settings, g)[0][sweep]) for g in settings["groups"]})
+    if len(values) > 2 and values[0] > 0 and values[-1] / values[0] >= 8:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(values, [f"{v:g}" for v in values])
+    ax.set(title=f"avg@k after training against {sweep}", xlabel=sweep, ylabel="avg@k (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / f"{sweep}_avg.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(settings: Mapping[str, Any], output_dir: str | Path, command: str = "") -> Path:
-    """Write ``report.md`` and the per-group figures from the runs under ``output_dir/runs``; returns report.md."""
+    """Write ``report.md`` and the figures from the runs under ``output_dir/runs``; returns report.md."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,29 +314,36 @@ def write_report(settings: Mapping[str, Any], output_dir: str | Path, command: s
     if before.is_file():
         for name, bench in json.loads(before.read_text())["benchmarks"].items():
             m = bench["metrics"]
+            n = m["num_samples"]
             maj = max((k for k in m if k.startswith("maj@")), key=lambda k: int(k[4:]))
-            avg = f"avg@{m['num_samples']} {m['pass@1'] * 100:.3g}"
-            lines.append(f"Before training ({name}, {m['num_problems']} problems): {avg}, {maj} {m[maj] * 100:.3g}.")
+            avg = f"avg@{n} {m['pass@1'] * 100:.3g}"
+            if f"avg@{n}_ci95_low" in m:
+                avg += f" (95% interval {m[f'avg@{n}_ci95_low'] * 100:.3g}-{m[f'avg@{n}_ci95_high'] * 100:.3g})"
+            pass_k = f", pass@{n} {m[f'pass@{n}'] * 100:.3g}" if f"pass@{n}" in m else ""
+            lines.append(f"Before training ({name}, {m['num_problems']} problems): {avg}, {maj} {m[maj] * 100:.3g}"
+                         f"{pass_k}.")  # fmt: skip
         lines.append("")
-    lines.append(
-        "Cells: mean over seeds (per-seed values); accuracies and the majority ratio in percent; n/a: not logged by "
-        "that loss type; -: did not happen (a mean is over the seeds where it did)."
-    )
+    finished: dict[tuple[str, str, int], dict[str, Any]] = {}
+    missing: list[str] = []
+    body: list[str] = []
     for group in settings["groups"]:
-        lines += ["", f"## {group}", "", "| method | " + " | ".join(c[1] for c in COLUMNS) + " |",
-                  "|---" * (len(COLUMNS) + 1) + "|"]  # fmt: skip
+        group_keys, methods, seeds = group_plan(settings, group)
+        headers = [c[1] for c in COLUMNS] + [c[2] for c in RANGE_COLUMNS]
+        body += ["", f"## {group}", "", "| method | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
         curves: dict[str, dict[str, list[list[tuple[int, float]]]]] = {c[0]: {} for c in CURVES}
-        for method, keys in settings["methods"].items():
+        for method in methods:
+            keys = settings["methods"][method]
             loss = keys["loss_type"]
             summaries, unfinished = [], 0
-            for seed in settings["seeds"]:
+            for seed in seeds:
                 run = out / "runs" / group / method / f"seed{seed}"
-                run_keys = {**settings["common"], **(settings["groups"][group] or {}), **keys}
-                if not run_finished(run, _max_steps(settings, run_keys)):
+                if not run_finished(run, _max_steps(settings, {**group_keys, **keys})):
                     unfinished += (run / "metrics.jsonl").is_file()
+                    missing.append(f"{group}/{method}/seed{seed}")
                     summaries.append(None)
                     continue
                 summaries.append(summarise_run(run, loss))
+                finished[(group, method, seed)] = summaries[-1]
                 entries = _entries(run)
                 for stem, _, metric_keys in CURVES:
                     curves[stem].setdefault(method, []).append(_series(entries, metric_keys, loss))
@@ -244,12 +351,12 @@ def write_report(settings: Mapping[str, Any], output_dir: str | Path, command: s
             cells = [
                 _cell([s.get(key) for s in done], scale, "-" if key == "collapse_step" else "n/a")
                 for key, _, scale in COLUMNS
-            ]
+            ] + [_range_cell(done, low, high, scale, digits) for low, high, _, scale, digits in RANGE_COLUMNS]
             absent = len(summaries) - len(done) - unfinished
             notes = [f"{n} run(s) {what}" for n, what in ((absent, "missing"), (unfinished, "unfinished")) if n]
-            missing = f" ({', '.join(notes)})" if notes else ""
-            lines.append(f"| {method} ({loss}){missing} | " + " | ".join(cells) + " |")
-        lines.append("")
+            note = f" ({', '.join(notes)})" if notes else ""
+            body.append(f"| {method} ({loss}){note} | " + " | ".join(cells) + " |")
+        body.append("")
         for stem, title, _ in CURVES:
             if not any(any(series) for series in curves[stem].values()):
                 continue
@@ -266,8 +373,20 @@ def write_report(settings: Mapping[str, Any], output_dir: str | Path, command: s
             path = out / f"{group}_{stem}.png"
             fig.savefig(path, dpi=110)
             plt.close(fig)
-            lines.append(f"![{group}: {title}]({path.name})")
-        lines.append("")
+            body.append(f"![{group}: {title}]({path.name})")
+        body.append("")
+    lines.append(
+        "Cells: mean over seeds (per-seed values); accuracies and the majority ratio in percent; n/a: not logged by "
+        "that loss type; -: did not happen (a mean is over the seeds where it did). Ranges are per seed."
+    )
+    lines.append("")
+    lines.append(
+        f"Runs missing or unfinished ({len(missing)}): {', '.join(missing)}." if missing else "Every run is in."
+    )
+    figure = _sweep_figure(settings, out, finished, plt)
+    if figure is not None:
+        lines += ["", f"![avg@k after training against {settings['sweep']}]({figure.name})"]
+    lines += body
     lines.append("Solid line: first seed; dashed: the others.")
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
@@ -277,25 +396,32 @@ def write_report(settings: Mapping[str, Any], output_dir: str | Path, command: s
 def main(argv: Sequence[str] | None = None) -> Path | None:
     """The command (see the module docstring)."""
     p = argparse.ArgumentParser(prog="python -m gbpo.compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("settings", help="settings YAML (recipe, seeds, common, groups, methods, before)")
-    p.add_argument("--output-dir", required=True, help="where runs, figures and report.md go")
+    p.add_argument("settings", help="settings YAML (recipe, seeds, common, groups, methods, before, sweep)")
+    p.add_argument("--output-dir", required=True, help="where the runs' metrics, figures and report.md go")
+    p.add_argument("--work-dir", help="train the runs here (checkpoints, weights); copy each finished run's metrics")
     p.add_argument("--dry-run", action="store_true", help="print the commands that would run now, run nothing")
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the runs already there")
     p.add_argument("--groups", help="comma-separated groups to run now (default all); the report shows every group")
+    p.add_argument("--methods", help="comma-separated methods to run now (default all)")
     p.add_argument("--seeds", help="comma-separated seeds to run now (default all); missing runs show in the report")
+    p.add_argument("--max-runs", type=int, help="run at most this many training runs now, then write the report")
     args = p.parse_args(argv)
     try:
         settings = load_settings(args.settings)
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     out = Path(args.output_dir)
-    runs = _run_keys(settings, out)
-    if args.groups:
-        unknown = set(args.groups.split(",")) - set(settings["groups"])
+    work = Path(args.work_dir) if args.work_dir else out
+    runs = _run_keys(settings, work)
+    for flag, names, known in (("--groups", args.groups, settings["groups"]), ("--methods", args.methods,
+                                                                             settings["methods"])):  # fmt: skip
+        unknown = set(names.split(",")) - set(known) if names else set()
         if unknown:
-            p.error(f"--groups: unknown group(s) {sorted(unknown)}; the settings have {list(settings['groups'])}")
-        runs_dir = out / "runs"
-        runs = [(d, k) for d, k in runs if d.relative_to(runs_dir).parts[0] in args.groups.split(",")]
+            p.error(f"{flag}: unknown {flag[2:-1]}(s) {sorted(unknown)}; the settings have {list(known)}")
+    part = {"--groups": 0, "--methods": 1}
+    for flag, names in (("--groups", args.groups), ("--methods", args.methods)):
+        if names:
+            runs = [(d, k) for d, k in runs if d.relative_to(work / "runs").parts[part[flag]] in names.split(",")]
     if args.seeds:
         runs = [(d, k) for d, k in runs if d.name.removeprefix("seed") in args.seeds.split(",")]
     before = settings.get("before")
@@ -303,25 +429,42 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     if before and not (out / "before" / "results.json").is_file():
         before_command = [sys.executable, "-m", "gbpo.evaluate", *map(str, before), "--output-dir", str(out / "before")]
     # What runs now: every run not trained to its end; one stopped early resumes from its newest complete checkpoint.
-    todo = [
-        (d, _train_command(settings, k, resume=any(map(is_complete_checkpoint, d.glob("checkpoint-*")))))
-        for d, k in runs
-        if not run_finished(d, _max_steps(settings, k))
-    ]
+    todo = []
+    for run_dir, keys in runs:
+        published = out / run_dir.relative_to(work)
+        max_steps = _max_steps(settings, keys)
+        if run_finished(published, max_steps):
+            continue
+        if run_finished(run_dir, max_steps):  # trained, but its metrics were not copied yet
+            _publish(run_dir, published)
+            continue
+        resume = any(map(is_complete_checkpoint, run_dir.glob("checkpoint-*")))
+        todo.append((run_dir, published, _train_command(settings, keys, resume=resume)))
+    if args.max_runs is not None:
+        todo = todo[: args.max_runs]
     if args.dry_run:
-        for command in ([before_command] if before_command else []) + [c for _, c in todo]:
+        for command in ([before_command] if before_command else []) + [c for _, _, c in todo]:
             print(shlex.join(command))
         return None
     if not args.report_only:
         if before_command:
             _run(before_command, out / "before.log")
-        for run_dir, train_command in tqdm(todo, desc="runs", unit="run"):
+        for run_dir, published, train_command in tqdm(todo, desc="runs", unit="run"):
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             _run(train_command, run_dir.parent / f"{run_dir.name}.log")
+            _publish(run_dir, published)
     command = shlex.join(["python", "-m", "gbpo.compare", args.settings, "--output-dir", args.output_dir])
     report = write_report(settings, out, command)
     print(f"Report: {report}")
     return report
+
+
+def _publish(run_dir: Path, published: Path) -> None:
+    """Copy a finished run's ``metrics.jsonl`` from the work directory to the output directory (nothing when the two
+    are one)."""
+    if run_dir.resolve() != published.resolve():
+        published.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir / "metrics.jsonl", published / "metrics.jsonl")
 
 
 def _run(command: list[str], log: Path) -> None:

@@ -88,6 +88,7 @@ def test_two_processes_uneven_benchmark(tiny_model_dir, tmp_path):
     for i, (e0, e1) in enumerate(zip(*logged, strict=True)):
         assert e0 == e1
         metric_keys = {"eval/sums/pass@1", "eval/sums/pass@2", "eval/sums/maj@1", "eval/sums/maj@2"}
+        metric_keys |= {"eval/sums/pass@1_ci95_low", "eval/sums/pass@1_ci95_high"}
         assert set(e0) == metric_keys | {"step", "epoch"}
         records = ranks[0]["records"][i] + ranks[1]["records"][i][:1]
         assert [r["answer"] for r in records] == ["0", "2", "4"]

@@ -161,7 +161,10 @@ def test_benchmark_evaluation_during_training(tmp_path, tiny_model_dir):
     assert [e["step"] for e in evals] == [1, 2]
     for e in evals:  # 3 problems x 2 samples: pass@1 counts sixths, maj@1 thirds (independently checked elsewhere)
         assert set(e) == {"eval/arithmetic/pass@1", "eval/arithmetic/pass@2", "eval/arithmetic/maj@1",
-                          "eval/arithmetic/maj@2", "step", "epoch"}  # fmt: skip
+                          "eval/arithmetic/maj@2", "eval/arithmetic/pass@1_ci95_low",
+                          "eval/arithmetic/pass@1_ci95_high", "step", "epoch"}  # fmt: skip
+        low, high = e["eval/arithmetic/pass@1_ci95_low"], e["eval/arithmetic/pass@1_ci95_high"]
+        assert 0.0 <= low <= e["eval/arithmetic/pass@1"] <= high <= 1.0
         assert round(6 * e["eval/arithmetic/pass@1"], 9).is_integer()
         assert round(3 * e["eval/arithmetic/maj@1"], 9).is_integer()
     # the training metrics of every step are still logged on their own (evaluation did not flush them)

@@ -76,8 +76,9 @@ class BenchmarkEvalCallback(TrainerCallback):
     At the end of every ``eval_steps``-th optimizer step each process samples ``num_samples`` completions for its
     share of each benchmark's problems (every process gets the same number: see :func:`pad_and_drop_shard`), the
     graded records are gathered, and every process computes the same metrics with
-    :func:`gbpo.evaluation.compute_metrics`: ``<prefix>/<name>/pass@1`` (avg@n), ``pass@k`` for k > 1 and ``maj@k``
-    for k in 1, 2, 4, ..., n (fractions in [0, 1]). They go to the trainer's trackers through `Trainer.log` (not
+    :func:`gbpo.evaluation.compute_metrics`: ``<prefix>/<name>/pass@1`` (avg@n) with its 95% interval over problems
+    (``pass@1_ci95_low``, ``pass@1_ci95_high``), ``pass@k`` for k > 1 and ``maj@k`` for k in 1, 2, 4, ..., n
+    (fractions in [0, 1]). They go to the trainer's trackers through `Trainer.log` (not
     `GRPOTrainer.log`, which would flush the training metrics gathered so far) and into ``state.log_history``.
 
     Generation: with ``use_vllm`` and ``vllm_mode="colocate"`` (one engine per process, tensor parallel size 1) the
@@ -229,6 +230,8 @@ class BenchmarkEvalCallback(TrainerCallback):
                 records = [r for part in gather_object([records]) for r in part]
             scores = compute_metrics(records, self.ks)
             metrics[f"{self.prefix}/{name}/pass@1"] = scores["pass@1"]
+            for end in ("low", "high"):  # the 95% interval of avg@n (= pass@1) over problems
+                metrics[f"{self.prefix}/{name}/pass@1_ci95_{end}"] = scores[f"avg@{self.num_samples}_ci95_{end}"]
             for k in default_ks(self.num_samples):
                 if k > 1:
                     metrics[f"{self.prefix}/{name}/pass@{k}"] = scores[f"pass@{k}"]
