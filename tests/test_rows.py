@@ -410,3 +410,24 @@ def test_resume_mid_cycle_is_exact_when_rows_are_dropped(tmp_path, tiny_model_di
     trained, expected = resumed.model.state_dict(), reference.model.state_dict()
     for name, tensor in expected.items():
         torch.testing.assert_close(trained[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_ppo_br_enters_the_mean_reward_of_the_rows_it_trains(tiny_model_dir, tmp_path):
+    """PPO-BR's reward window gets one entry per training batch: the mean reward of the rows the batch trains on
+    (after vote-N/train-M, the dropped unanimous groups and every dynamic-sampling round), recomputed here from the
+    kept rows' own text, not of all generated rows or of the last round."""
+    trainer = rows_trainer(tiny_model_dir, tmp_path, loss_type="ppo_br", max_extra_generation_rounds=3, beta=0.0)
+    trainer.model.train()
+    inputs = [{"prompt": PROMPTS[0]}] * 4 + [{"prompt": PROMPTS[1]}] * 4
+    output = trainer._generate_and_score_completions(inputs)
+    decode = trainer.processing_class.batch_decode
+    in_loss = output["completion_mask"].sum(dim=1) > 0
+    prompts = [[{"role": "user", "content": "same" if "same" in p else "vary"}] for p in decode(output["prompt_ids"])]
+    completions = [
+        [{"role": "assistant", "content": c}] for c in decode(output["completion_ids"], skip_special_tokens=True)
+    ]
+    rewards = torch.tensor(vote_reward(prompts, completions))
+    assert in_loss.any() and all(p[0]["content"] == "vary" for p, kept in zip(prompts, in_loss, strict=True) if kept)
+    assert trainer.trust_region.rewards == [pytest.approx(rewards[in_loss].mean().item())]
+    trainer._generate_and_score_completions(inputs)  # the next batch: one more entry
+    assert len(trainer.trust_region.rewards) == 2
