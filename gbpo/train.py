@@ -6,7 +6,8 @@ and TRL's ``ModelConfig`` (model, dtype, LoRA); parsing is TRL's own ``TrlParser
 names it, and ``--key value`` on the command line overrides the recipe. The run trains, saves the model (or adapter)
 to ``output_dir`` and writes the metrics it logged to ``output_dir/metrics.jsonl``.
 
-On SIGTERM (preemption) it saves a checkpoint at the end of the current step and exits with status 143;
+On SIGTERM or SIGUSR1 (preemption, or SLURM's early warning before the time limit) it saves a checkpoint at the end
+of the current step and exits with status 143;
 ``--resume_from_checkpoint true`` continues from the newest complete checkpoint in ``output_dir``.
 
 With ``prompts_per_step`` in the recipe, the batch keys are derived for the number of processes the run has
@@ -417,14 +418,17 @@ def main(argv: list[str] | None = None):
             )
         else:
             trainer.accelerator.print(f"Model saved to {training_args.output_dir}; metrics in {metrics_path}.")
+    # No rank exits before the main process has written everything: a launcher (torchrun) kills the other ranks as
+    # soon as one exits with a failure status, and a preempted run exits with 143.
+    trainer.accelerator.wait_for_everyone()
     return trainer
 
 
 def cli(argv: list[str] | None = None) -> int:
     """The command: :func:`main`, with an error about the recipe, model or data printed as one line (status 2).
 
-    Returns the exit status: 0 done, 143 preempted (a checkpoint is saved), 2 a usage error. ``GBPO_TRACEBACK=1``
-    re-raises the error with its traceback.
+    Returns the exit status: 0 done, 143 preempted (SIGTERM or SIGUSR1; a checkpoint is saved), 2 a usage error.
+    ``GBPO_TRACEBACK=1`` re-raises the error with its traceback.
     """
     try:
         trainer = main(argv)
@@ -433,7 +437,8 @@ def cli(argv: list[str] | None = None) -> int:
             raise
         print(f"gbpo.train: error: {e}", file=sys.stderr)
         return 2
-    return 143 if trainer.preempted else 0  # 128 + SIGTERM: the run did not finish, its checkpoint is saved
+    # 128 + SIGTERM, for SIGUSR1 too: the run did not finish, its checkpoint is saved
+    return 143 if trainer.preempted else 0
 
 
 if __name__ == "__main__":
