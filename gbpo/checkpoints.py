@@ -1,8 +1,12 @@
-"""Runs that survive preemption: a checkpoint on SIGTERM, exact resume at any step, only complete checkpoints.
+"""Runs that survive preemption: a checkpoint on SIGTERM or SIGUSR1, exact resume at any step, complete checkpoints.
 
-Schedulers (SLURM, Kubernetes, spot instances) preempt with SIGTERM and a grace period. :class:`PreemptionCallback`
-turns SIGTERM into "save a checkpoint at the end of this step, then stop"; `gbpo.train` then exits with status 143
-and ``--resume_from_checkpoint true`` continues from it with the same global step, optimizer, scheduler and RNG state.
+Schedulers (SLURM, Kubernetes, spot instances) preempt with SIGTERM and a grace period, often short: torchrun and
+SLURM (``KillWait``, 30 s by default) kill a worker 30 s after its SIGTERM, less than the current step plus a ZeRO-3
+save of a 1.5B model with its Adam state (README, "Preemption and resume"). A SLURM job can ask for an earlier signal
+before its time limit (``sbatch --signal=B:USR1@600``; launch/slurm_vllm_server.sh does, and passes it on to the
+training processes). :class:`PreemptionCallback` turns either signal into "save a checkpoint at the end of this step,
+then stop"; `gbpo.train` then exits with status 143 and ``--resume_from_checkpoint true`` continues from it with the
+same global step, optimizer, scheduler and RNG state.
 
 TRL's `GRPOTrainer` generates once every ``steps_per_generation * num_iterations`` optimizer micro-steps and trains
 on a buffer of that generation batch in between (``_buffered_inputs``, indexed by its micro-step counter ``_step``).
@@ -31,6 +35,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 __all__ = [
+    "PREEMPTION_SIGNALS",
     "ExactResumeMixin",
     "PreemptionCallback",
     "is_complete_checkpoint",
@@ -111,22 +116,34 @@ def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: str | 
     return str(resume_from_checkpoint)
 
 
-class PreemptionCallback(TrainerCallback):
-    """On SIGTERM: finish the current optimizer step, save a checkpoint, stop training (``self.preempted`` is True).
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-    The signal handler only sets a flag (installed from the main thread at the start of training, the previous
-    handler restored at the end). At each step end the flag is combined over all processes, so every rank saves and
-    stops at the same step even when the signal reached only some of them.
+
+class PreemptionCallback(TrainerCallback):
+    """On SIGTERM or SIGUSR1: finish the current optimizer step, save a checkpoint, stop (``self.preempted`` is True).
+
+    SIGTERM is what schedulers send when they preempt; SIGUSR1 is the early warning a job asks for
+    (``sbatch --signal=B:USR1@600``: 600 s before its time limit), which leaves time for the step and the save where
+    the 30 s after a SIGTERM may not. The signal handler only sets a flag (installed from the main thread at the start
+    of training, the previous handler restored at the end). At each step end the flag is combined over all processes,
+    so every rank saves and stops at the same step even when the signal reached only some of them.
+
+    Args:
+        signals: the signals that preempt (default :data:`PREEMPTION_SIGNALS`).
     """
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+    def __init__(self, signals: tuple[int, ...] = PREEMPTION_SIGNALS):
         self.signals = signals
         self.preempted = False
+        self.received_signal: int | None = None
         self._received = False
         self._previous = {}
 
     def _handle(self, signum, frame):
-        logger.warning("Received signal %s: saving a checkpoint at the end of this step, then stopping.", signum)
+        logger.warning(
+            "Received %s: saving a checkpoint at the end of this step, then stopping.", signal.Signals(signum).name
+        )
+        self.received_signal = signum
         self._received = True
 
     def on_train_begin(self, args, state, control, **kwargs):

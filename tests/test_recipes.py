@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gbpo.rows import batch_layout
 from gbpo.train import _argv_with_config, make_parser
@@ -93,3 +94,38 @@ def test_layout_counts_generated_and_trained_rows_by_hand():
     assert (args.per_device_train_batch_size, args.steps_per_generation, args.gradient_accumulation_steps) == (32, 4, 1)
     assert 4 * args.per_device_train_batch_size == 2 * 64
     assert 4 * args.per_device_train_batch_size * args.num_train_generations // args.num_generations == 2 * 32
+
+
+class _Started(Exception):
+    """Raised in place of training: the trainer was built, callbacks (loggers) included."""
+
+
+SHIPPED = sorted(p.name for p in RECIPES.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", SHIPPED)
+def test_shipped_recipe_starts_its_trainer_with_its_own_report_to(recipe, tmp_path, tiny_model_dir, monkeypatch):
+    """Every shipped recipe builds its trainer with the ``report_to`` it ships with: a logger that is not installed
+    (transformers raises in ``Trainer.__init__``, e.g. ``tensorboard``) fails here, not on the first GPU run. Only the
+    model (a tiny local one: no hub), the output directory and what this CPU machine cannot do (bf16, vLLM) are
+    overridden; the run stops where training would begin."""
+    from gbpo.train import main
+    from gbpo.trainer import GBPOTrainer
+
+    seen = {}
+
+    def stop(self, *args, **kwargs):
+        seen["report_to"] = self.args.report_to
+        seen["callbacks"] = {type(c).__name__ for c in self.callback_handler.callbacks}
+        raise _Started
+
+    monkeypatch.setattr(GBPOTrainer, "train", stop)
+    shipped = yaml.safe_load((RECIPES / recipe).read_text())
+    overrides = ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(_Started):
+        main([str(RECIPES / recipe), *overrides, *CPU, "--use_vllm", "false"])
+    assert "report_to" in shipped  # the recipe says where it logs, and that is what the trainer got
+    expected = shipped["report_to"]
+    expected = [] if expected in ("none", ["none"]) else ([expected] if isinstance(expected, str) else expected)
+    assert seen["report_to"] == expected
+    assert "TensorBoardCallback" not in seen["callbacks"] or "tensorboard" in expected

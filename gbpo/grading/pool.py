@@ -17,8 +17,31 @@ from typing import Any
 
 logger = logging.getLogger("gbpo.grading")
 
+MAX_DEFAULT_WORKERS = 2
+
+
+def default_workers() -> int:
+    """Grading workers per training process: the CPUs this process may run on, shared by the training processes of
+    its node, at least 1 and at most :data:`MAX_DEFAULT_WORKERS`.
+
+    The CPUs are the process's affinity set (`os.sched_getaffinity`: what ``srun --cpus-per-task``, ``taskset`` or a
+    cgroup cpuset gives it, where ``os.cpu_count`` would count the whole machine); the training processes of the node
+    are ``LOCAL_WORLD_SIZE`` (set by torchrun and ``accelerate launch``; 1 without it). So 8 trainers bound to one
+    CPU start one worker each, not two, and a 2-core machine with one trainer keeps two.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity call on this platform (macOS)
+        cpus = os.cpu_count() or 1
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    except ValueError:
+        local = 1
+    return max(1, min(MAX_DEFAULT_WORKERS, cpus // local))
+
+
 _CONFIG: dict[str, Any] = {
-    "workers": max(1, min(2, os.cpu_count() or 1)),
+    "workers": default_workers(),
     "item_timeout_s": 3,
     "batch_deadline_s": 15.0,
     "memory_limit_mb": 2048,
@@ -57,7 +80,8 @@ def configure_grading(
     """Set the limits of the symbolic grading pool; arguments left None keep their value.
 
     Args:
-        workers: worker processes (default ``min(2, cpu_count)``); the pool is restarted when this changes.
+        workers: worker processes (default :func:`default_workers`: the CPUs given to this process per training
+            process of its node, 1 or 2); the pool is restarted when this changes.
         item_timeout_s: whole seconds of ``signal.alarm`` per symbolic item (default 3); a worker still busy one second
             later is killed.
         batch_deadline_s: seconds one call may spend on symbolic work (default 15); then the busy workers are killed

@@ -100,6 +100,7 @@ def _worker_main(fd_in: int, fd_out: int, memory_limit_mb: int) -> None:
     import warnings
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and kills its workers
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # and the early preemption signal (a SLURM step signals all its pids)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})  # exec keeps the spawning thread's signal mask
     warnings.filterwarnings("ignore")
     logging.disable(logging.CRITICAL)
