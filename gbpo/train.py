@@ -278,6 +278,22 @@ def _needs_answers(dataset, what: str) -> None:
         raise ValueError(f"{what} needs a gold answer for every problem; the data has rows without 'answer'.")
 
 
+def _fit_engine_to_eval_prompts(args: GBPOConfig, tokenizer, datasets: list) -> None:
+    """Set ``vllm_max_prompt_tokens`` (unless set) to the longest training or evaluation prompt, in tokens.
+
+    The in-training evaluation generates with the trainer's colocated engine, whose KV cache on a CPU build is sized
+    for the longest prompt (`gbpo.vllm_cpu.colocated_kv_cache_options`); the trainer alone sees only the training
+    prompts.
+    """
+    from .kv_cache import longest_prompt_tokens
+
+    if args.vllm_max_prompt_tokens is None:
+        template_kwargs = args.chat_template_kwargs or {}
+        args.vllm_max_prompt_tokens = max(
+            longest_prompt_tokens(d["prompt"], tokenizer, **template_kwargs) for d in datasets
+        )
+
+
 def main(argv: list[str] | None = None):
     """Parse a recipe and overrides, train, save the model and the logged metrics; returns the trainer.
 
@@ -348,6 +364,8 @@ def main(argv: list[str] | None = None):
         for name, benchmark in eval_benchmarks.items():
             _needs_answers(benchmark, f"Evaluating eval_benchmarks {name!r}")
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=training_args.trust_remote_code)
+    if eval_benchmarks and training_args.use_vllm and training_args.vllm_mode == "colocate":
+        _fit_engine_to_eval_prompts(training_args, tokenizer, [dataset, *eval_benchmarks.values()])
     trainer = GBPOTrainer(
         model=model_path,
         reward_funcs=build_reward_funcs(script_args, training_args),

@@ -99,7 +99,13 @@ def make_parser() -> argparse.ArgumentParser:
         "\\boxed{} answers after 'final answer is'/'answer:', else with its last math, else its last number; "
         "strict: the last \\boxed{} only",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call (transformers backend)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="sequences generated at once: per generate call with transformers; with vLLM on a CPU the engine's "
+        "max_num_seqs, which its KV cache is sized for (default 64)",
+    )
     p.add_argument("--backend", choices=["auto", "vllm", "transformers"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -193,7 +199,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if backend == "vllm":
         path = resolve_model(args.model)
-        model, tokenizer = _load_vllm(path, seed=args.seed, dtype=args.dtype)
+        prompts = [prompt for dataset in datasets_.values() for prompt in dataset["prompt"]]
+        # on a CPU: the engine's sequences at once (its KV cache is sized for them), never more than the job has
+        max_num_seqs = min(args.batch_size, len(prompts) * args.num_samples)
+        model, tokenizer = _load_vllm(
+            path,
+            seed=args.seed,
+            dtype=args.dtype,
+            prompts=prompts,
+            max_new_tokens=args.max_new_tokens,
+            max_num_seqs=max_num_seqs,
+        )
     else:
         model, tokenizer, path = load_model(args.model, dtype=args.dtype)
     results = evaluate_benchmarks(
