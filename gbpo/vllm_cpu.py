@@ -28,7 +28,6 @@ gathering of parameters) is TRL's code, called as it is.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 
@@ -144,8 +143,8 @@ def vllm_engine_options(dtype: str = "auto", enforce_eager: bool | None = None, 
 
     original = module.LLM
 
-    @functools.wraps(original)
-    def build(*args, **kwargs):
+    def build(*args, **kwargs):  # TRL's keyword arguments, ours over them
+
         for key, value in options.items():
             if key != "max_model_len" or kwargs.get(key) is None:  # a vllm_max_model_length the user set stays
                 kwargs[key] = value

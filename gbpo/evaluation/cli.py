@@ -24,8 +24,9 @@ Metrics (all fractions in [0, 1]; the report prints percentages):
 
 k runs over 1, 2, 4, ... up to n, and n itself (or ``--ks``). Generation uses vLLM whenever it is importable
 (``--backend auto``; on CPU too, with vLLM's CPU build), else batched ``transformers`` generation, and logs which one
-runs; prompts are the training template (:func:`gbpo.data.load_benchmark` rendered with the tokenizer's chat
-template). :func:`gbpo.evaluation.evaluate_benchmarks` does the same on a loaded model.
+runs (on a CPU build of vLLM the engine runs at most ``--batch-size`` sequences at once, with a KV cache sized for
+them: :mod:`gbpo.kv_cache`); prompts are the training template (:func:`gbpo.data.load_benchmark` rendered with the
+tokenizer's chat template). :func:`gbpo.evaluation.evaluate_benchmarks` does the same on a loaded model.
 """
 
 from __future__ import annotations
