@@ -44,14 +44,14 @@ TRAINING_RUNS = {
 
 def generation(args) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     import torch
 
     os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from vllm import LLM, SamplingParams
 
     from gbpo.data import load_benchmark
+    from gbpo.kv_cache import cpu_kv_cache_options, longest_prompt_tokens
     from gbpo.models import resolve_model
 
     path = resolve_model("smollm2-135m")
@@ -72,7 +72,23 @@ def generation(args) -> None:
             )  # fmt: skip
         return (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0] / (time.perf_counter() - start)
 
-    llm = LLM(model=str(path), dtype=args.dtype, enforce_eager=True, seed=0, max_num_batched_tokens=4096)
+    sequences = len(prompts) * n
+    kv_cache, line = cpu_kv_cache_options(
+        AutoConfig.from_pretrained(path),
+        dtype=args.dtype,
+        max_num_seqs=sequences,
+        max_seq_len=longest_prompt_tokens(prompts, tokenizer) + new_tokens,
+    )
+    print(line, flush=True)
+    llm = LLM(
+        model=str(path),
+        dtype=args.dtype,
+        enforce_eager=True,
+        seed=0,
+        max_num_batched_tokens=4096,
+        max_num_seqs=sequences,
+        **kv_cache,
+    )
     params = SamplingParams(n=n, temperature=0.7, max_tokens=new_tokens, ignore_eos=True)
 
     def vllm_tok_s() -> float:

@@ -66,6 +66,11 @@ class GBPOConfig(GRPOConfig):
         vllm_dtype (`str`, defaults to `"auto"`), vllm_enforce_eager (`bool`, *optional*):
             Options of the colocated vLLM engine that TRL does not expose (gbpo/vllm_cpu.py): the generation dtype, and
             whether to skip vLLM's torch.compile warm-up (default: skipped on a CPU build of vLLM).
+        vllm_max_prompt_tokens (`int`, *optional*):
+            On a CPU build of vLLM the colocated engine's KV cache is sized from the job (gbpo/kv_cache.py): sequences
+            at once x (longest prompt + the longer of `max_completion_length` and `eval_max_new_tokens`). This is the
+            longest prompt, in tokens; `None` measures it on the training dataset (`gbpo.train` also counts the
+            `eval_benchmarks` prompts). A `VLLM_CPU_KVCACHE_SPACE` (GiB) in the environment overrides the sizing.
         num_train_generations (`int`, *optional*):
             Vote-N/train-M (TTRL's 64 votes, 32 trained; TRL has no such option): all `num_generations` completions of
             a prompt are generated and scored (the majority vote sees them all); `num_train_generations` of each group
@@ -231,6 +236,15 @@ class GBPOConfig(GRPOConfig):
         },
     )
 
+    vllm_max_prompt_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU build of vLLM: the longest prompt, in tokens, the colocated engine's KV cache is sized for "
+            "(with max_completion_length/eval_max_new_tokens and the sequences at once). None: measured on the "
+            "training prompts (and gbpo.train's eval_benchmarks)."
+        },
+    )
+
     def __post_init__(self):
         if self.eval_answer_extraction not in ANSWER_EXTRACTION:
             raise ValueError(
@@ -241,6 +255,8 @@ class GBPOConfig(GRPOConfig):
         super().__post_init__()
         if self.vllm_dtype not in VLLM_DTYPES:
             raise ValueError(f"vllm_dtype must be one of {VLLM_DTYPES}, got {self.vllm_dtype!r}.")
+        if self.vllm_max_prompt_tokens is not None and self.vllm_max_prompt_tokens < 1:
+            raise ValueError(f"vllm_max_prompt_tokens must be >= 1 or None, got {self.vllm_max_prompt_tokens!r}.")
         self._check_rows()
         if self.loss_type not in OWN_LOSSES:
             return

@@ -6,6 +6,11 @@ and TRL's ``ModelConfig`` (model, dtype, LoRA); parsing is TRL's own ``TrlParser
 names it, and ``--key value`` on the command line overrides the recipe. The run trains, saves the model (or adapter)
 to ``output_dir`` and writes the metrics it logged to ``output_dir/metrics.jsonl``.
 
+With ``dtype: auto`` and ``use_cpu: true`` (the CPU default) a sub-second probe picks bf16 autocast and bf16
+generation where this CPU's bf16 matmuls are clearly faster than fp32, else fp32 for both (`gbpo.precision`; one log
+line); explicit ``bf16``, ``vllm_dtype`` and ``vllm_importance_sampling_correction`` keys are kept. An explicit
+``dtype`` on a CPU sets ``bf16`` and ``vllm_dtype`` to match it unless they are set.
+
 On SIGTERM or SIGUSR1 (preemption, or SLURM's early warning before the time limit) it saves a checkpoint at the end
 of the current step and exits with status 143;
 ``--resume_from_checkpoint true`` continues from the newest complete checkpoint in ``output_dir``.
@@ -251,6 +256,45 @@ def _parse(argv: list[str]):
         raise ValueError(_in_user_keys(str(e), _user_keys(argv))) from e
 
 
+def _cpu_precision(argv: list[str], parsed: tuple, user_keys: dict, probe) -> tuple[tuple, str | None]:
+    """On a CPU (``use_cpu: true``) the recipe's ``dtype`` decides the run's precision (`gbpo.precision`).
+
+    ``dtype: auto`` runs ``probe()`` (`gbpo.precision.probe_matmul_speed`'s speeds) and sets ``dtype``, ``bf16``,
+    ``vllm_dtype`` and, with bf16, ``vllm_importance_sampling_correction``; an explicit ``dtype`` sets ``bf16`` and
+    ``vllm_dtype`` to match it. Either way, keys the user set are kept, and the rest are parsed as if given on the
+    command line. Off the CPU, or with no ``dtype`` in the recipe, the arguments are returned as parsed (``auto``
+    then keeps transformers' meaning: the checkpoint's dtype).
+
+    Returns:
+        ``((script_args, training_args, model_args), line)``: ``line`` is the one log line, None when nothing ran.
+    """
+    from .precision import explicit_dtype_keys, resolve_auto_dtype
+
+    _, training_args, model_args = parsed
+    if not training_args.use_cpu or "dtype" not in user_keys:
+        return parsed, None
+    if model_args.dtype == "auto":
+        keys, line = resolve_auto_dtype(user_keys, probe())
+    else:
+        keys, line = explicit_dtype_keys(user_keys, model_args.dtype)
+    if not keys:
+        return parsed, line
+    extra = [arg for key, value in keys.items() for arg in (f"--{key}", str(value).lower())]
+    return _parse([*argv, *extra])[:3], line
+
+
+def _probe(state) -> dict[str, float]:
+    """The precision probe, run on the main process and sent to the others, so that every process trains alike."""
+    from accelerate.utils import broadcast_object_list
+
+    from .precision import probe_matmul_speed
+
+    speeds = [probe_matmul_speed() if state.is_main_process else None]
+    if state.num_processes > 1:
+        broadcast_object_list(speeds, from_process=0)
+    return speeds[0]
+
+
 RUN_FILES = ("metrics.jsonl", "trainer_state.json", "config.json", "adapter_config.json", "model.safetensors")
 
 
@@ -312,6 +356,22 @@ def _needs_answers(dataset, what: str) -> None:
         raise ValueError(f"{what} needs a gold answer for every problem; the data has rows without 'answer'.")
 
 
+def _fit_engine_to_eval_prompts(args: GBPOConfig, tokenizer, datasets: list) -> None:
+    """Set ``vllm_max_prompt_tokens`` (unless set) to the longest training or evaluation prompt, in tokens.
+
+    The in-training evaluation generates with the trainer's colocated engine, whose KV cache on a CPU build is sized
+    for the longest prompt (`gbpo.vllm_cpu.colocated_kv_cache_options`); the trainer alone sees only the training
+    prompts.
+    """
+    from .kv_cache import longest_prompt_tokens
+
+    if args.vllm_max_prompt_tokens is None:
+        template_kwargs = args.chat_template_kwargs or {}
+        args.vllm_max_prompt_tokens = max(
+            longest_prompt_tokens(d["prompt"], tokenizer, **template_kwargs) for d in datasets
+        )
+
+
 def main(argv: list[str] | None = None):
     """Parse a recipe and overrides, train, save the model and the logged metrics; returns the trainer.
 
@@ -337,6 +397,11 @@ def main(argv: list[str] | None = None):
         script_args, training_args, model_args, user_keys = _parse(argv)
     if model_args.model_name_or_path is None:
         raise ValueError("model_name_or_path is not set: name a model in the recipe (e.g. smollm2-135m).")
+    state = PartialState()
+    parsed, line = _cpu_precision(argv, (script_args, training_args, model_args), user_keys, lambda: _probe(state))
+    script_args, training_args, model_args = parsed
+    if line and state.is_main_process:
+        print(line)
 
     if training_args.use_vllm and script_args.vllm_optional and importlib.util.find_spec("vllm") is None:
         training_args.use_vllm = False
@@ -387,6 +452,8 @@ def main(argv: list[str] | None = None):
         for name, benchmark in eval_benchmarks.items():
             _needs_answers(benchmark, f"Evaluating eval_benchmarks {name!r}")
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=training_args.trust_remote_code)
+    if eval_benchmarks and training_args.use_vllm and training_args.vllm_mode == "colocate":
+        _fit_engine_to_eval_prompts(training_args, tokenizer, [dataset, *eval_benchmarks.values()])
     trainer = GBPOTrainer(
         model=model_path,
         reward_funcs=build_reward_funcs(script_args, training_args),

@@ -47,6 +47,7 @@ from .rows import (
 from .trust_region import TrustRegionState
 from .vllm_cpu import (
     adapt_vllm_generation,
+    colocated_kv_cache_options,
     configure_cpu_environment,
     generation_engine_line,
     vllm_engine_options,
@@ -107,16 +108,20 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = GBPOConfig(f"{model_name.split('/')[-1]}-GBPO")
         cpu_colocate = args.use_vllm and args.vllm_mode == "colocate" and vllm_platform_is_cpu()
-        if cpu_colocate:
+        kv_cache, kv_line = {}, None
+        if cpu_colocate:  # the KV cache sized from the job, where vLLM would take a share of the machine's RAM
             configure_cpu_environment()
+            data, tokenizer = kwargs.get("train_dataset"), kwargs.get("processing_class")
+            kv_cache, kv_line = colocated_kv_cache_options(model, args, data, tokenizer)
         enforce_eager = cpu_colocate if args.vllm_enforce_eager is None else args.vllm_enforce_eager
         colocate = args.use_vllm and args.vllm_mode == "colocate"  # without vLLM there is no engine to configure
-        with vllm_engine_options(args.vllm_dtype, enforce_eager or None) if colocate else contextlib.nullcontext():
+        options = vllm_engine_options(args.vllm_dtype, enforce_eager or None, kv_cache)
+        with options if colocate else contextlib.nullcontext():
             super().__init__(model, reward_funcs, args=args, **kwargs)
         if cpu_colocate:
             # TRL's colocated weight sync assumes a GPU build of vLLM; on a CPU it goes through vLLM's reload.
             adapt_vllm_generation(self.vllm_generation)
-        self.accelerator.print(generation_engine_line(args, cpu_colocate))
+        self.accelerator.print("\n".join(filter(None, [generation_engine_line(args, cpu_colocate), kv_line])))
         self._gathered_rewards_per_func = None
         # R2VPO / PPO-BR: state across optimizer steps (identical on every process), moved at each step's end
         self.trust_region = TrustRegionState.from_config(args) if args.loss_type in ("r2vpo", "ppo_br") else None

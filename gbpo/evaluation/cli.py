@@ -24,8 +24,9 @@ Metrics (all fractions in [0, 1]; the report prints percentages):
 
 k runs over 1, 2, 4, ... up to n, and n itself (or ``--ks``). Generation uses vLLM whenever it is importable
 (``--backend auto``; on CPU too, with vLLM's CPU build), else batched ``transformers`` generation, and logs which one
-runs; prompts are the training template (:func:`gbpo.data.load_benchmark` rendered with the tokenizer's chat
-template). :func:`gbpo.evaluation.evaluate_benchmarks` does the same on a loaded model.
+runs (on a CPU build of vLLM the engine runs at most ``--batch-size`` sequences at once, with a KV cache sized for
+them: :mod:`gbpo.kv_cache`); prompts are the training template (:func:`gbpo.data.load_benchmark` rendered with the
+tokenizer's chat template). :func:`gbpo.evaluation.evaluate_benchmarks` does the same on a loaded model.
 """
 
 from __future__ import annotations
@@ -99,7 +100,13 @@ def make_parser() -> argparse.ArgumentParser:
         "\\boxed{} answers after 'final answer is'/'answer:', else with its last math, else its last number; "
         "strict: the last \\boxed{} only",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call (transformers backend)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="sequences generated at once: per generate call with transformers; with vLLM on a CPU the engine's "
+        "max_num_seqs, which its KV cache is sized for (default 64)",
+    )
     p.add_argument("--backend", choices=["auto", "vllm", "transformers"], default="auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -193,7 +200,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if backend == "vllm":
         path = resolve_model(args.model)
-        model, tokenizer = _load_vllm(path, seed=args.seed, dtype=args.dtype)
+        prompts = [prompt for dataset in datasets_.values() for prompt in dataset["prompt"]]
+        # on a CPU: the engine's sequences at once (its KV cache is sized for them), never more than the job has
+        max_num_seqs = min(args.batch_size, len(prompts) * args.num_samples)
+        model, tokenizer = _load_vllm(
+            path,
+            seed=args.seed,
+            dtype=args.dtype,
+            prompts=prompts,
+            max_new_tokens=args.max_new_tokens,
+            max_num_seqs=max_num_seqs,
+        )
     else:
         model, tokenizer, path = load_model(args.model, dtype=args.dtype)
     results = evaluate_benchmarks(

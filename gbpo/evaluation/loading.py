@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
 __all__ = ["load_model"]
+
+logger = logging.getLogger(__name__)
 
 
 def _check_model_path(model: str) -> None:
@@ -70,11 +73,27 @@ def load_model(model: str, *, dtype: str = "auto", device: str | None = None):
     return loaded.to(device).eval(), tokenizer, path
 
 
-def _load_vllm(path: str, *, seed: int, dtype: str):
+def _load_vllm(
+    path: str,
+    *,
+    seed: int,
+    dtype: str,
+    prompts: list | None = None,
+    max_new_tokens: int | None = None,
+    max_num_seqs: int | None = None,
+):
     """``(vllm.LLM, tokenizer)`` for ``path``; a PEFT adapter is merged into a temporary directory first.
 
     ``seed`` seeds the engine (vLLM's CPU backend cannot seed single requests). Without CUDA, vLLM runs in this
     process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the environment sets it), as its CPU backend needs.
+
+    On a CPU build of vLLM the engine runs at most ``max_num_seqs`` sequences at once and its KV cache is sized for
+    them (`gbpo.kv_cache.cpu_kv_cache_options`): each up to the longest of ``prompts`` plus ``max_new_tokens``
+    tokens, where vLLM would take 92% of the machine's RAM (and refuse to start with less free). A
+    ``VLLM_CPU_KVCACHE_SPACE`` (GiB) in the environment still wins. On a GPU the engine keeps vLLM's sizing.
+
+    Raises:
+        ValueError: on a CPU build, ``prompts``, ``max_new_tokens`` or ``max_num_seqs`` missing.
     """
     import os
 
@@ -83,7 +102,8 @@ def _load_vllm(path: str, *, seed: int, dtype: str):
     if not torch.cuda.is_available():
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     import vllm
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
+    from vllm.platforms import current_platform
 
     adapter = Path(path).expanduser() / "adapter_config.json"
     if adapter.is_file():
@@ -93,4 +113,21 @@ def _load_vllm(path: str, *, seed: int, dtype: str):
         tokenizer.save_pretrained(tmp)
         del merged
         path = tmp
-    return vllm.LLM(model=path, seed=seed, dtype=dtype), AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    options = {}
+    if current_platform.is_cpu():
+        from ..kv_cache import cpu_kv_cache_options, longest_prompt_tokens
+
+        if not prompts or max_new_tokens is None or max_num_seqs is None:
+            raise ValueError(
+                "vLLM on a CPU sizes its KV cache from the job: pass prompts, max_new_tokens, max_num_seqs."
+            )
+        options, line = cpu_kv_cache_options(
+            AutoConfig.from_pretrained(path),
+            dtype=dtype,
+            max_num_seqs=max_num_seqs,
+            max_seq_len=longest_prompt_tokens(prompts, tokenizer) + max_new_tokens,
+        )
+        options["max_num_seqs"] = max_num_seqs
+        logger.info(line)
+    return vllm.LLM(model=path, seed=seed, dtype=dtype, **options), tokenizer
