@@ -34,6 +34,7 @@ __all__ = [
     "KV_CACHE_MARGIN",
     "cpu_kv_cache_options",
     "dtype_bytes",
+    "fit_engine_to_prompts",
     "kv_bytes_per_token",
     "kv_cache_bytes",
     "longest_prompt_tokens",
@@ -211,3 +212,18 @@ def cpu_kv_cache_options(
         f"x{KV_CACHE_MARGIN} spare; set {ENV_KEY} in GiB to override)."
     )
     return options, line
+
+
+def fit_engine_to_prompts(args, tokenizer, datasets: list) -> None:
+    """Set ``args.vllm_max_prompt_tokens`` (a `GBPOConfig`; unless set) to the longest prompt of ``datasets`` (each
+    with a ``prompt`` column), in tokens.
+
+    The in-training evaluation generates with the trainer's colocated engine, whose KV cache on a CPU build is sized
+    for the longest prompt (`gbpo.vllm_cpu.colocated_kv_cache_options`); the trainer alone sees only the training
+    prompts.
+    """
+    if args.vllm_max_prompt_tokens is None:
+        template_kwargs = args.chat_template_kwargs or {}
+        args.vllm_max_prompt_tokens = max(
+            longest_prompt_tokens(d["prompt"], tokenizer, **template_kwargs) for d in datasets
+        )

@@ -25,7 +25,14 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["MIN_BF16_SPEEDUP", "choose", "explicit_dtype_keys", "probe_matmul_speed", "resolve_auto_dtype"]
+__all__ = [
+    "MIN_BF16_SPEEDUP",
+    "choose",
+    "explicit_dtype_keys",
+    "probe_matmul_speed",
+    "probe_on_main_process",
+    "resolve_auto_dtype",
+]
 
 # bf16 must be at least this many times faster than fp32 in the probe. The two kinds of CPU sit far on either side
 # (~11x with AMX, 0.01-0.02x measured here without it), so the threshold only has to sit clear of timing noise: the
@@ -133,3 +140,14 @@ def explicit_dtype_keys(user_keys: dict, dtype: str) -> tuple[dict, str]:
     final = {**user_keys, **keys}
     line = f"dtype {dtype} (as set): bf16 {str(final['bf16']).lower()}, vllm_dtype {final['vllm_dtype']}."
     return keys, line
+
+
+def probe_on_main_process(state) -> dict[str, float]:
+    """`probe_matmul_speed` run on the main process of an accelerate ``PartialState`` and sent to the others, so that
+    every process trains in the same precision."""
+    from accelerate.utils import broadcast_object_list
+
+    speeds = [probe_matmul_speed() if state.is_main_process else None]
+    if state.num_processes > 1:
+        broadcast_object_list(speeds, from_process=0)
+    return speeds[0]

@@ -283,18 +283,6 @@ def _cpu_precision(argv: list[str], parsed: tuple, user_keys: dict, probe) -> tu
     return _parse([*argv, *extra])[:3], line
 
 
-def _probe(state) -> dict[str, float]:
-    """The precision probe, run on the main process and sent to the others, so that every process trains alike."""
-    from accelerate.utils import broadcast_object_list
-
-    from .precision import probe_matmul_speed
-
-    speeds = [probe_matmul_speed() if state.is_main_process else None]
-    if state.num_processes > 1:
-        broadcast_object_list(speeds, from_process=0)
-    return speeds[0]
-
-
 RUN_FILES = ("metrics.jsonl", "trainer_state.json", "config.json", "adapter_config.json", "model.safetensors")
 
 
@@ -356,22 +344,6 @@ def _needs_answers(dataset, what: str) -> None:
         raise ValueError(f"{what} needs a gold answer for every problem; the data has rows without 'answer'.")
 
 
-def _fit_engine_to_eval_prompts(args: GBPOConfig, tokenizer, datasets: list) -> None:
-    """Set ``vllm_max_prompt_tokens`` (unless set) to the longest training or evaluation prompt, in tokens.
-
-    The in-training evaluation generates with the trainer's colocated engine, whose KV cache on a CPU build is sized
-    for the longest prompt (`gbpo.vllm_cpu.colocated_kv_cache_options`); the trainer alone sees only the training
-    prompts.
-    """
-    from .kv_cache import longest_prompt_tokens
-
-    if args.vllm_max_prompt_tokens is None:
-        template_kwargs = args.chat_template_kwargs or {}
-        args.vllm_max_prompt_tokens = max(
-            longest_prompt_tokens(d["prompt"], tokenizer, **template_kwargs) for d in datasets
-        )
-
-
 def main(argv: list[str] | None = None):
     """Parse a recipe and overrides, train, save the model and the logged metrics; returns the trainer.
 
@@ -384,7 +356,9 @@ def main(argv: list[str] | None = None):
     from .checkpoints import PreemptionCallback, resolve_resume
     from .data import load_benchmark
     from .evaluation.callback import BenchmarkEvalCallback
+    from .kv_cache import fit_engine_to_prompts
     from .models import resolve_model
+    from .precision import probe_on_main_process
     from .trainer import GBPOTrainer
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -398,7 +372,9 @@ def main(argv: list[str] | None = None):
     if model_args.model_name_or_path is None:
         raise ValueError("model_name_or_path is not set: name a model in the recipe (e.g. smollm2-135m).")
     state = PartialState()
-    parsed, line = _cpu_precision(argv, (script_args, training_args, model_args), user_keys, lambda: _probe(state))
+    parsed, line = _cpu_precision(
+        argv, (script_args, training_args, model_args), user_keys, lambda: probe_on_main_process(state)
+    )
     script_args, training_args, model_args = parsed
     if line and state.is_main_process:
         print(line)
@@ -453,7 +429,7 @@ def main(argv: list[str] | None = None):
             _needs_answers(benchmark, f"Evaluating eval_benchmarks {name!r}")
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=training_args.trust_remote_code)
     if eval_benchmarks and training_args.use_vllm and training_args.vllm_mode == "colocate":
-        _fit_engine_to_eval_prompts(training_args, tokenizer, [dataset, *eval_benchmarks.values()])
+        fit_engine_to_prompts(training_args, tokenizer, [dataset, *eval_benchmarks.values()])
     trainer = GBPOTrainer(
         model=model_path,
         reward_funcs=build_reward_funcs(script_args, training_args),

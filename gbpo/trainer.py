@@ -22,7 +22,7 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import get_config_model_id, nanmax, nanmin, use_adapter
+from trl.trainer.utils import get_config_model_id, use_adapter
 
 from .checkpoints import ExactResumeMixin
 from .config import OWN_LOSSES, GBPOConfig
@@ -36,7 +36,6 @@ from .loss import (
 )
 from .model_card import ModelCardMixin
 from .rows import (
-    ADVANTAGE_ATOL,
     concat_rows,
     informative_rows,
     rows_per_process,
@@ -44,6 +43,7 @@ from .rows import (
     take_rows,
     trained_mask,
 )
+from .step_metrics import StepMetricsMixin
 from .trust_region import TrustRegionState
 from .vllm_cpu import (
     adapt_vllm_generation,
@@ -57,7 +57,7 @@ from .vllm_cpu import (
 __all__ = ["GBPOTrainer"]
 
 
-class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
+class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, GRPOTrainer):
     """Trainer for Group-relative Bounded Policy Optimization (GBPO).
 
     GBPO ("Bounded Ratio Reinforcement Learning", arXiv 2604.18578, 4.5 and 5.3) is BPO with GRPO's group-relative
@@ -189,19 +189,6 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         groups_dropped = int(self.accelerator.gather(torch.tensor([int((~informative).sum())], device=device)).sum())
         self._log_rows(output, in_loss, groups_dropped // num_generations if drop_groups else 0, len(rounds) - 1)
         return output
-
-    def _log_rows(self, output, in_loss, groups_dropped, extra_rounds):
-        """``rows/*`` metrics of a training generation batch (GBPOConfig's docstring says what each describes)."""
-        device = output["advantages"].device
-        carries = (output["advantages"].abs() > ADVANTAGE_ATOL) & in_loss.to(device)
-        totals = self.accelerator.gather(torch.tensor([int(carries.sum()), len(in_loss)], device=device))
-        with_gradient, rows = totals.view(-1, 2).sum(0).tolist()
-        metrics = self._metrics["train"]
-        steps_per_optimizer_step = self.args.steps_per_generation / self.args.gradient_accumulation_steps
-        metrics["rows/trained_per_step"].append(rows / steps_per_optimizer_step)
-        metrics["rows/with_gradient_frac"].append(with_gradient / max(rows, 1))
-        metrics["rows/groups_dropped"].append(float(groups_dropped))
-        metrics["rows/extra_generation_rounds"].append(float(extra_rounds))
 
     def _generate_round(self, inputs, num_generations, num_trained):
         """One generation round with the deferrable log-prob passes deferred; its rows' trained/informative masks."""
@@ -455,48 +442,6 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, GRPOTrainer):
         first = (self._step // accumulation) * accumulation
         chunks = [step % len(buffered) for step in range(first, first + accumulation)]
         return cached[1][chunks].sum().clamp(min=1.0)
-
-    def _global_masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
-        totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
-        return (totals[0] / totals[1].clamp(min=1.0)).item()
-
-    def _log_gbpo_metrics(self, mode, mask, ratio, target_ratios, entropies, policy_loss):
-        """Log the step metrics of GBPO, R2VPO or PPO-BR (names and meanings in the class docstring), reduced over
-        every process.
-
-        ``mask`` (B, T) marks the loss tokens, ``ratio`` (B, T) is ``rho``, ``target_ratios`` (B,) is ``r*`` (GBPO;
-        None for the other two, which log their state instead: ``r2vpo/*`` or ``ppo_br/*``).
-        """
-        metrics = self._metrics[mode]
-        metrics["entropy"].append(self._global_masked_mean(entropies, mask))
-        metrics["policy_loss"].append(self.accelerator.gather(policy_loss.detach()).mean().item())
-        if self.trust_region is not None:
-            state = self.trust_region.metrics()  # the values this step's loss used
-            for key, value in state.items():
-                metrics[key].append(value)
-            eps = state.get("ppo_br/epsilon")  # PPO-BR: its own range; R2VPO has none, so the config's epsilons
-            self._log_ratio_metrics(mode, mask, ratio, eps or self.epsilon_low, eps or self.epsilon_high)
-            return
-        self._log_ratio_metrics(mode, mask, ratio, self.epsilon_low, self.epsilon_high)
-        # Rows without loss tokens (completions that only voted, or masked by TRL) are not trained: leave them out.
-        trained_rows = (mask.sum(dim=1) > 0).float()
-        metrics["gbpo/target_ratio/mean"].append(self._global_masked_mean(target_ratios, trained_rows))
-
-    def _log_ratio_metrics(self, mode, mask, ratio, epsilon_low, epsilon_high):
-        """The ratio metrics every loss type logs under the same names: ``gbpo/ratio/mean|min|max`` (``rho`` over the
-        loss tokens ``mask`` (B, T), ``ratio`` (B, T)) and ``gbpo/outside_bounds/low_mean|high_mean|region_mean``
-        (fraction of loss tokens with ``rho`` below ``1 - epsilon_low``, above ``1 + epsilon_high``, or either,
-        whatever the advantage's sign), reduced over every process."""
-        metrics = self._metrics[mode]
-        metrics["gbpo/ratio/mean"].append(self._global_masked_mean(ratio, mask))
-        masked_ratio = ratio.masked_fill(~mask.bool(), float("nan"))
-        metrics["gbpo/ratio/min"].append(nanmin(self.accelerator.gather(nanmin(masked_ratio))).item())
-        metrics["gbpo/ratio/max"].append(nanmax(self.accelerator.gather(nanmax(masked_ratio))).item())
-        low = (ratio < 1 - epsilon_low).float()
-        high = (ratio > 1 + epsilon_high).float()
-        metrics["gbpo/outside_bounds/low_mean"].append(self._global_masked_mean(low, mask))
-        metrics["gbpo/outside_bounds/high_mean"].append(self._global_masked_mean(high, mask))
-        metrics["gbpo/outside_bounds/region_mean"].append(self._global_masked_mean(torch.maximum(low, high), mask))
 
     # ------------------------------------------------------------------ R2VPO / PPO-BR state in checkpoints
 

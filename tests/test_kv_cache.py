@@ -182,16 +182,16 @@ def test_vllm_max_prompt_tokens_must_be_positive():
 
 
 def test_gbpo_train_counts_the_evaluation_prompts():
-    from gbpo.train import _fit_engine_to_eval_prompts
+    from gbpo.kv_cache import fit_engine_to_prompts
 
     tokenizer = make_tokenizer()
     train = Dataset.from_dict({"prompt": PROMPTS[:1]})  # 25 tokens
     evaluation = Dataset.from_dict({"prompt": PROMPTS[1:]})  # 27 tokens
     args = training_args()
-    _fit_engine_to_eval_prompts(args, tokenizer, [train, evaluation])
+    fit_engine_to_prompts(args, tokenizer, [train, evaluation])
     assert args.vllm_max_prompt_tokens == 27
     args = training_args(vllm_max_prompt_tokens=500)  # the user's value stays
-    _fit_engine_to_eval_prompts(args, tokenizer, [train, evaluation])
+    fit_engine_to_prompts(args, tokenizer, [train, evaluation])
     assert args.vllm_max_prompt_tokens == 500
 
 

@@ -1,0 +1,76 @@
+"""The step metrics `GBPOTrainer` logs beside TRL's: the ratio of every loss type, GBPO's target ratio, R2VPO's and
+PPO-BR's state, and which rows a generation batch trains (names and meanings in `GBPOTrainer`'s and `GBPOConfig`'s
+docstrings; docs/algorithm.md, "Ratio and loss").
+
+A mixin of `GBPOTrainer` (it uses the trainer's ``accelerator``, ``_metrics``, ``args``, ``loss_type``,
+``epsilon_low``/``epsilon_high`` and ``trust_region``); every value is reduced over all processes, so each process
+logs the same number.
+"""
+
+from __future__ import annotations
+
+import torch
+from trl.trainer.utils import nanmax, nanmin
+
+from .rows import ADVANTAGE_ATOL
+
+__all__ = ["StepMetricsMixin"]
+
+
+class StepMetricsMixin:
+    """Logging helpers of `GBPOTrainer` (see the module docstring)."""
+
+    def _log_rows(self, output, in_loss, groups_dropped, extra_rounds):
+        """``rows/*`` metrics of a training generation batch (GBPOConfig's docstring says what each describes)."""
+        device = output["advantages"].device
+        carries = (output["advantages"].abs() > ADVANTAGE_ATOL) & in_loss.to(device)
+        totals = self.accelerator.gather(torch.tensor([int(carries.sum()), len(in_loss)], device=device))
+        with_gradient, rows = totals.view(-1, 2).sum(0).tolist()
+        metrics = self._metrics["train"]
+        steps_per_optimizer_step = self.args.steps_per_generation / self.args.gradient_accumulation_steps
+        metrics["rows/trained_per_step"].append(rows / steps_per_optimizer_step)
+        metrics["rows/with_gradient_frac"].append(with_gradient / max(rows, 1))
+        metrics["rows/groups_dropped"].append(float(groups_dropped))
+        metrics["rows/extra_generation_rounds"].append(float(extra_rounds))
+
+    def _global_masked_mean(self, x: torch.Tensor, mask: torch.Tensor) -> float:
+        totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
+        return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+    def _log_gbpo_metrics(self, mode, mask, ratio, target_ratios, entropies, policy_loss):
+        """Log the step metrics of GBPO, R2VPO or PPO-BR (names and meanings in the class docstring), reduced over
+        every process.
+
+        ``mask`` (B, T) marks the loss tokens, ``ratio`` (B, T) is ``rho``, ``target_ratios`` (B,) is ``r*`` (GBPO;
+        None for the other two, which log their state instead: ``r2vpo/*`` or ``ppo_br/*``).
+        """
+        metrics = self._metrics[mode]
+        metrics["entropy"].append(self._global_masked_mean(entropies, mask))
+        metrics["policy_loss"].append(self.accelerator.gather(policy_loss.detach()).mean().item())
+        if self.trust_region is not None:
+            state = self.trust_region.metrics()  # the values this step's loss used
+            for key, value in state.items():
+                metrics[key].append(value)
+            eps = state.get("ppo_br/epsilon")  # PPO-BR: its own range; R2VPO has none, so the config's epsilons
+            self._log_ratio_metrics(mode, mask, ratio, eps or self.epsilon_low, eps or self.epsilon_high)
+            return
+        self._log_ratio_metrics(mode, mask, ratio, self.epsilon_low, self.epsilon_high)
+        # Rows without loss tokens (completions that only voted, or masked by TRL) are not trained: leave them out.
+        trained_rows = (mask.sum(dim=1) > 0).float()
+        metrics["gbpo/target_ratio/mean"].append(self._global_masked_mean(target_ratios, trained_rows))
+
+    def _log_ratio_metrics(self, mode, mask, ratio, epsilon_low, epsilon_high):
+        """The ratio metrics every loss type logs under the same names: ``gbpo/ratio/mean|min|max`` (``rho`` over the
+        loss tokens ``mask`` (B, T), ``ratio`` (B, T)) and ``gbpo/outside_bounds/low_mean|high_mean|region_mean``
+        (fraction of loss tokens with ``rho`` below ``1 - epsilon_low``, above ``1 + epsilon_high``, or either,
+        whatever the advantage's sign), reduced over every process."""
+        metrics = self._metrics[mode]
+        metrics["gbpo/ratio/mean"].append(self._global_masked_mean(ratio, mask))
+        masked_ratio = ratio.masked_fill(~mask.bool(), float("nan"))
+        metrics["gbpo/ratio/min"].append(nanmin(self.accelerator.gather(nanmin(masked_ratio))).item())
+        metrics["gbpo/ratio/max"].append(nanmax(self.accelerator.gather(nanmax(masked_ratio))).item())
+        low = (ratio < 1 - epsilon_low).float()
+        high = (ratio > 1 + epsilon_high).float()
+        metrics["gbpo/outside_bounds/low_mean"].append(self._global_masked_mean(low, mask))
+        metrics["gbpo/outside_bounds/high_mean"].append(self._global_masked_mean(high, mask))
+        metrics["gbpo/outside_bounds/region_mean"].append(self._global_masked_mean(torch.maximum(low, high), mask))
