@@ -278,7 +278,9 @@ def _sweep_figure(settings, out: Path, finished: Mapping[tuple[str, str, int], M
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for i, method in enumerate(m for m in settings["methods"] if m in points):
+    for i, method in enumerate(settings["methods"]):  # one colour per method, the same in every report
+        if method not in points:
+            continue
         xs = sorted({x for x, _ in points[method]})
         means = [sum(y for x2, y in points[method] if x2 == x) / sum(x2 == x for x2, _ in points[method]) for x in xs]
         ax.plot(xs, means, color=f"C{i}", marker="o", label=method)
