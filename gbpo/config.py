@@ -75,7 +75,8 @@ class GBPOConfig(GRPOConfig):
             Vote-N/train-M (TTRL's 64 votes, 32 trained; TRL has no such option): all `num_generations` completions of
             a prompt are generated and scored (the majority vote sees them all); `num_train_generations` of each group
             are trained on, with advantages computed among themselves, and the others are removed from the training
-            batch before the old/reference log-prob passes and the training passes. Which ones are trained is fixed
+            batch before the old/reference log-prob passes and the training passes (with vLLM's importance-sampling
+            correction, TRL's old log-prob pass runs on the trained rows only). Which ones are trained is fixed
             by their position, not their content: position `j` of a group iff `(j * M) mod N < M` (for 64/32 the even
             positions; `gbpo.rows.trained_mask`). `per_device_train_batch_size` counts generated (voting) rows: each
             micro-batch trains `per_device_train_batch_size * M / N` rows, which must be a whole number so every
@@ -85,7 +86,9 @@ class GBPOConfig(GRPOConfig):
             training batch. Their KL (`beta`), entropy-bonus (`entropy_coef`) and `tv_coef` terms go with them, and
             the loss's token mean runs over the kept rows only. Every process keeps the same number of rows: the
             largest informative count over the processes, rounded up to a multiple of `steps_per_generation`; a
-            process with fewer fills up with rows masked out of every loss term (`gbpo.rows`).
+            process with fewer fills up with rows masked out of every loss term (`gbpo.rows`); TRL's loss types that
+            divide by rows (`grpo`, `sapo`, `dr_grpo`, `luspo`) are computed on the kept rows of each micro-batch
+            alone, so filler rows are in no loss's denominator.
         max_extra_generation_rounds (`int`, defaults to `0`):
             DAPO's dynamic sampling (arXiv 2503.14476, 3.2), with `drop_uninformative_groups`: while some process has
             fewer informative trained rows than a full batch, generate another round for fresh prompts drawn from

@@ -20,8 +20,10 @@ unbiased sample of its ``N`` i.i.d. completions):
 * **Equal rows on every process** (:func:`rows_per_process`): the kept rows per process are the largest
   informative count over the processes, rounded up to a multiple of ``steps_per_generation`` (at least one row per
   micro-batch) and at most the vote-N/train-M batch. A process with fewer informative rows fills up with *filler*
-  rows (:func:`select_rows`) whose completion mask is zeroed: they are in the forward pass but in no loss term or
-  token count. In data-parallel training a step waits for the slowest process, so filler costs compute, not time.
+  rows (:func:`select_rows`) whose completion mask is zeroed and which the trainer marks (``in_loss``): they are in
+  GBPO's forward pass but in no loss term or token count, and TRL's losses are computed without them (their sequence
+  means count rows). In data-parallel training a step waits for the slowest process, so filler costs compute, not
+  time.
 """
 
 from __future__ import annotations

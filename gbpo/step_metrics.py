@@ -74,3 +74,21 @@ class StepMetricsMixin:
         metrics["gbpo/outside_bounds/low_mean"].append(self._global_masked_mean(low, mask))
         metrics["gbpo/outside_bounds/high_mean"].append(self._global_masked_mean(high, mask))
         metrics["gbpo/outside_bounds/region_mean"].append(self._global_masked_mean(torch.maximum(low, high), mask))
+
+    def _relog_importance_sampling(self, output, rows):
+        """Replace TRL's ``sampling/importance_sampling_ratio/min|mean|max`` of a generation round by their values
+        over the rows ``rows`` (B,) bool, the trained rows of vote-N/train-M: the other rows' old log-probs were not
+        computed, so TRL counted them with ratio 1. Reduced over processes as TRL does."""
+        ratio = output["importance_sampling_ratio"]
+        rows = rows.to(ratio.device)
+        if ratio.size(1) == 1:  # sequence_* modes: one ratio per row
+            flat = ratio[rows].flatten()
+        else:  # token_* modes: the loss tokens of the rows
+            mask = (output["completion_mask"] * output.get("tool_mask", 1)).bool()
+            flat = ratio[rows][mask[rows]]
+        zero = torch.tensor(0.0, device=ratio.device)
+        local = [flat.min(), flat.mean(), flat.max()] if flat.numel() else [zero, zero, zero]
+        metrics = self._metrics["train"]
+        low, mean, high = (self.accelerator.gather(value) for value in local)
+        for key, value in (("min", nanmin(low)), ("mean", mean.nanmean()), ("max", nanmax(high))):
+            metrics[f"sampling/importance_sampling_ratio/{key}"][-1] = value.item()

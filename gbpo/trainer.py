@@ -21,8 +21,7 @@ import math
 import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import get_config_model_id, use_adapter
+from trl.trainer.utils import get_config_model_id
 
 from .checkpoints import ExactResumeMixin
 from .config import OWN_LOSSES, GBPOConfig
@@ -35,6 +34,7 @@ from .loss import (
     target_ratio,
 )
 from .model_card import ModelCardMixin
+from .row_passes import RowPassesMixin
 from .rows import (
     concat_rows,
     informative_rows,
@@ -57,7 +57,7 @@ from .vllm_cpu import (
 __all__ = ["GBPOTrainer"]
 
 
-class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, GRPOTrainer):
+class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesMixin, GRPOTrainer):
     """Trainer for Group-relative Bounded Policy Optimization (GBPO).
 
     GBPO ("Bounded Ratio Reinforcement Learning", arXiv 2604.18578, 4.5 and 5.3) is BPO with GRPO's group-relative
@@ -181,6 +181,17 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, GRPOTraine
         precomputed = "computed" in deferred[0]  # a log-prob pass ran on the wider batch (vLLM's IS correction)
         output = take_rows(concat_rows(outputs, pad_token_id), index, pad_token_id, trim_prompt=not precomputed)
         output["completion_mask"] = output["completion_mask"] * in_loss.to(output["completion_mask"].device)[:, None]
+        output["in_loss"] = in_loss.to(output["completion_mask"].device)  # filler rows: in no loss's denominator
+        if precomputed:
+            # A narrower round's prompts were left-padded by `concat_rows` after its old log-probs were computed: the
+            # model places tokens by column, so those log-probs are redone where the rows now sit.
+            # Every process decides alike: under ZeRO-3 a forward pass needs all of them.
+            widths = torch.cat([torch.full((len(o["prompt_ids"]),), o["prompt_ids"].size(1)) for o in outputs])
+            shifted = torch.tensor([int((widths[index] < output["prompt_ids"].size(1)).any())], device=device)
+            if self.accelerator.gather(shifted).any():
+                self._run_deferred_logps(output, ["old"])
+            else:  # rows that only voted (filler here) have no old log-probs (NaN): they are in no loss term
+                output["old_per_token_logps"] = output["old_per_token_logps"].nan_to_num(0.0)
         self._run_deferred_logps(output, deferred[0])
         loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
         output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
@@ -189,16 +200,6 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, GRPOTraine
         groups_dropped = int(self.accelerator.gather(torch.tensor([int((~informative).sum())], device=device)).sum())
         self._log_rows(output, in_loss, groups_dropped // num_generations if drop_groups else 0, len(rounds) - 1)
         return output
-
-    def _generate_round(self, inputs, num_generations, num_trained):
-        """One generation round with the deferrable log-prob passes deferred; its rows' trained/informative masks."""
-        self._deferred = []
-        try:
-            output = super()._generate_and_score_completions(inputs)
-        finally:
-            deferred, self._deferred = self._deferred, None
-        output, trained, informative, rewards = self._score_round(output, num_generations, num_trained)
-        return output, trained, informative, deferred, rewards
 
     def _score_round(self, output, num_generations, num_trained):
         """Advantages (and GBPO's target ratios) among the trained rows of each group, from the gathered rewards.
@@ -245,65 +246,12 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, GRPOTraine
         total, count = self.accelerator.reduce(local, reduction="sum").tolist()
         self.trust_region.add_batch_reward(total / count if count else math.nan)
 
-    def _extra_prompts(self, num_rows, round_index):
-        """This process's rows of an extra generation round: fresh prompts, the same on every process (seeded)."""
-        dataset = self.train_dataset
-        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-            raise ValueError("max_extra_generation_rounds needs a map-style train_dataset (an indexable Dataset).")
-        num_generations = self.num_generations
-        num_prompts = num_rows * self.accelerator.num_processes // num_generations
-        generator = torch.Generator().manual_seed(self.args.seed + 1_000_003 * self.state.global_step + round_index)
-        prompts = torch.randint(len(dataset), (num_prompts,), generator=generator).repeat_interleave(num_generations)
-        start = self.accelerator.process_index * num_rows
-        return [dataset[int(i)] for i in prompts[start : start + num_rows]]
-
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *a, **kw):
-        # While rows may still be dropped (`_generate_round`), TRL's old/reference log-prob passes that its method does
-        # not use itself return a placeholder and are recorded; `_run_deferred_logps` runs them on the kept rows.
-        deferred = getattr(self, "_deferred", None)
-        if deferred is not None:
-            generate_every = self.args.steps_per_generation * self.num_iterations
-            vllm_is = self.use_vllm and self.vllm_importance_sampling_correction
-            # TRL's order and conditions: old log-probs, then the reference's.
-            plan = ["old"] * (self.args.gradient_accumulation_steps % generate_every != 0 or vllm_is)
-            plan += ["ref"] * (self.beta != 0.0)
-            name = plan[len(deferred)] if len(deferred) < len(plan) else None
-            if name == "ref" or (name == "old" and not vllm_is):  # vLLM's IS ratio needs the old ones inside TRL
-                deferred.append(name)
-                return input_ids.new_zeros(input_ids.size(0), logits_to_keep, dtype=torch.float32), None, None
-            deferred.append("computed")
         result = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, *a, **kw)
         captured = getattr(self, "_captured_logps", None)
         if captured is not None:  # TRL's loss pass (`_compute_trl_loss`): keep its log-probs for the ratio metrics
             captured.append(result[0].detach())
         return result
-
-    def _run_deferred_logps(self, output, deferred):
-        """The old/reference log-prob passes deferred by `_get_per_token_logps_and_entropies`, on the kept rows."""
-        if not any(name in ("old", "ref") for name in deferred):
-            return
-        # The inputs and attention mask of the training forward pass (`_compute_loss`).
-        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        logits_to_keep = output["completion_ids"].size(1)
-        batch_size = self.args.per_device_train_batch_size
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            if "old" in deferred:
-                output["old_per_token_logps"] = super()._get_per_token_logps_and_entropies(
-                    self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
-                )[0]
-            if "ref" in deferred:
-                if self.ref_model is not None:
-                    ref = super()._get_per_token_logps_and_entropies(
-                        self.ref_model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
-                    )[0]
-                else:  # PEFT: the reference is the base model (or an adapter named "ref"), as in TRL
-                    unwrapped = self.accelerator.unwrap_model(self.model)
-                    with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
-                        ref = super()._get_per_token_logps_and_entropies(
-                            self.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
-                        )[0]
-                output["ref_per_token_logps"] = ref
 
     # ------------------------------------------------------------------ loss
 
@@ -406,6 +354,11 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, GRPOTraine
     def _compute_trl_loss(self, model, inputs):
         """TRL's loss for a TRL ``loss_type``, unchanged, plus the ratio metrics every loss type logs
         (`_log_ratio_metrics`), from the log-probs of TRL's own forward pass."""
+        in_loss = inputs.get("in_loss")
+        if in_loss is not None and in_loss.any() and not in_loss.all():
+            # Filler rows (`gbpo.rows.select_rows`) have no loss tokens, but TRL's sequence means ("grpo", "sapo",
+            # "luspo") and "dr_grpo" count rows: the loss is TRL's on the kept rows alone.
+            inputs = {k: v[in_loss] if isinstance(v, torch.Tensor) and v.dim() > 0 else v for k, v in inputs.items()}
         self._captured_logps = []
         try:
             loss = super()._compute_loss(model, inputs)
@@ -428,20 +381,33 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, GRPOTraine
         TRL buffers the ``steps_per_generation`` micro-batches of a generation batch (`_buffered_inputs`) and feeds
         micro-step ``s`` the one at ``s % steps_per_generation``; an optimizer step is ``gradient_accumulation_steps``
         consecutive micro-steps (GBPOConfig makes that divide ``steps_per_generation * num_iterations``, so one step
-        never spans two generation batches). In evaluation the batch is the step: ``num_items_in_batch``.
+        never spans two generation batches). In evaluation the batch is the step.
+
+        A loss token counts when it carries weight (`_weighted_tokens`): tokens that vLLM's importance-sampling
+        correction masks (ratio 0, the ``*_mask`` modes) are in no term of the loss unless the KL term acts on them.
         """
         buffered = getattr(self, "_buffered_inputs", None)
         if mode != "train" or not buffered:
-            return inputs["num_items_in_batch"].clamp(min=1.0)
+            return self.accelerator.gather(self._weighted_tokens(inputs).sum().float()).sum().clamp(min=1.0)
         cached = getattr(self, "_buffered_token_counts", None)
         if cached is None or cached[0] is not buffered:
-            local = torch.stack([(b["completion_mask"] * b.get("tool_mask", 1)).sum().float() for b in buffered])
+            local = torch.stack([self._weighted_tokens(b).sum().float() for b in buffered])
             cached = (buffered, self.accelerator.gather(local).view(-1, len(buffered)).sum(0))
             self._buffered_token_counts = cached
         accumulation = self.args.gradient_accumulation_steps
         first = (self._step // accumulation) * accumulation
         chunks = [step % len(buffered) for step in range(first, first + accumulation)]
         return cached[1][chunks].sum().clamp(min=1.0)
+
+    def _weighted_tokens(self, batch) -> torch.Tensor:
+        """(B, T) 0/1: the loss tokens of ``batch`` that carry weight in the loss. With vLLM's importance-sampling
+        correction and no KL term (``beta`` 0), a token whose IS ratio is 0 (masked by a ``*_mask`` mode) carries
+        none; the ``*_truncate`` modes never give 0 (docs/algorithm.md, "Importance-sampling correction")."""
+        mask = batch["completion_mask"] * batch.get("tool_mask", 1)
+        ratio = batch.get("importance_sampling_ratio")
+        if self.use_vllm and self.vllm_importance_sampling_correction and ratio is not None and self.beta == 0.0:
+            mask = mask * (ratio > 0)
+        return mask
 
     # ------------------------------------------------------------------ R2VPO / PPO-BR state in checkpoints
 

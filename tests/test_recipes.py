@@ -67,6 +67,9 @@ def test_paper_recipe_matches_the_reference(recipe):
     assert (args.learning_rate, args.lr_scheduler_type.value, args.warmup_steps) == (5e-7, "cosine", 0.03)
     assert (args.beta, args.temperature, args.gbpo_temperature) == (0.001, 1.0, 1e-4)
     assert args.loss_type == "gbpo" and args.target_baseline == "median"
+    # vLLM's mismatch corrected per token, truncated at 3: no completion masked (docs/algorithm.md)
+    assert args.vllm_importance_sampling_correction and args.vllm_importance_sampling_mode == "token_truncate"
+    assert args.vllm_importance_sampling_clip_max == 3.0
     # evaluation avg@16 at T 0.6 / top_p 0.95, up to the training response length
     assert (args.eval_num_samples, args.eval_temperature, args.eval_top_p) == (16, 0.6, 0.95)
     assert args.eval_max_new_tokens is None  # -> max_completion_length, 3072

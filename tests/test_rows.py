@@ -431,3 +431,37 @@ def test_ppo_br_enters_the_mean_reward_of_the_rows_it_trains(tiny_model_dir, tmp
     assert trainer.trust_region.rewards == [pytest.approx(rewards[in_loss].mean().item())]
     trainer._generate_and_score_completions(inputs)  # the next batch: one more entry
     assert len(trainer.trust_region.rewards) == 2
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "sapo", "dr_grpo", "luspo"])
+def test_filler_rows_are_in_no_denominator_of_trl_losses(tiny_model_dir, tmp_path, loss_type):
+    """2 rows x 4 micro-batches per generation: the "same" group is dropped and the "vary" group keeps its 2 trained
+    rows, which `rows_per_process` rounds up to 4 (a row per micro-batch) with 2 filler rows. TRL's sequence means
+    and dr_grpo divide by the rows: the loss and gradients must be TRL's on the 2 kept rows alone (on the old code
+    they were scaled by 2/4)."""
+    extra = {"importance_sampling_level": "sequence"} if loss_type == "luspo" else {}
+    trainer = rows_trainer(
+        tiny_model_dir,
+        tmp_path,
+        loss_type=loss_type,
+        per_device_train_batch_size=2,
+        steps_per_generation=4,
+        gradient_accumulation_steps=4,
+        beta=0.0,
+        max_completion_length=16,
+        **extra,
+    )
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    torch.manual_seed(1)
+    batch = trainer._generate_and_score_completions([{"prompt": PROMPTS[0]}] * 4 + [{"prompt": PROMPTS[1]}] * 4)
+    kept = batch["completion_mask"].sum(1) > 0  # filler rows have no loss tokens
+    assert batch["completion_ids"].size(0) == 4 and kept.sum() == 2
+    alone = {k: (v[kept] if v.dim() > 0 else v) for k, v in batch.items() if k != "in_loss"}
+
+    loss, grads = loss_and_grads(trainer, batch)
+    expected_loss, expected_grads = loss_and_grads(trainer, alone)  # TRL's own loss, given only the kept rows
+    assert max(g.abs().max() for g in expected_grads) > 0
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-7)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-8)
