@@ -8,14 +8,21 @@ workload. Transformers generation on one device (GPU when present), groups of --
     python benchmarks/gbpo_vs_grpo.py --tiny --steps 2        # CPU check of the script itself
     python benchmarks/gbpo_vs_grpo.py --model smollm2-135m --num-generations 8 --max-completion-length 64  # CPU
 
-launch/gpu_smoke.sh runs it on a GPU machine. Results go in benchmarks/README.md.
+Each kind runs in its own Python process: `main()` starts this script twice, with `--only gbpo` and then
+`--only grpo`, and reads the JSON each one writes. So each peak GPU memory is that kind's alone (in one process,
+GRPO's peak included GBPO's model and optimizer, still alive). `--only KIND` runs one kind in this process.
+
+launch/gpu_acceptance.sh (and launch/gpu_smoke.sh, this benchmark alone) runs it on a GPU machine. Results go in
+benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,11 +117,52 @@ def run(kind: str, args) -> dict:
     timed = steps[1:] if len(steps) > 1 else steps
     return {
         "kind": kind,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU",
         "seconds_per_step": sum(e["step_time"] for e in timed) / len(timed),
         "wall_seconds": wall,
         "generated_tokens_per_second": tokens / wall,
         "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
     }
+
+
+KINDS = ("gbpo", "grpo")
+
+
+def run_in_subprocess(kind: str, args) -> dict:
+    """``run(kind, args)`` in a fresh Python process (this script with ``--only kind``): its peak GPU memory is its
+    own. Raises ``subprocess.CalledProcessError`` when that process fails (its output is on the terminal)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        output = Path(tmp) / f"{kind}.json"
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--only",
+            kind,
+            "--steps",
+            str(args.steps),
+            "--num-generations",
+            str(args.num_generations),
+            "--max-completion-length",
+            str(args.max_completion_length),
+            "--num-iterations",
+            str(args.num_iterations),
+            "--output",
+            str(output),
+        ]
+        if args.tiny:
+            command.append("--tiny")
+        if args.model:
+            command += ["--model", args.model]
+        subprocess.run(command, check=True)
+        return json.loads(output.read_text())
+
+
+def print_result(r: dict) -> None:
+    mem = f"{r['peak_gpu_memory_gib']:.1f} GiB" if r["peak_gpu_memory_gib"] is not None else "n/a"
+    print(
+        f"{r['kind']}: {r['seconds_per_step']:.2f} s/step, {r['generated_tokens_per_second']:.0f} generated "
+        f"tokens/s, peak GPU memory {mem}"
+    )
 
 
 def main(argv=None):
@@ -125,21 +173,30 @@ def main(argv=None):
     parser.add_argument("--num-generations", type=int, default=32)
     parser.add_argument("--max-completion-length", type=int, default=1024)
     parser.add_argument("--num-iterations", type=int, default=1)
+    parser.add_argument(
+        "--only",
+        choices=KINDS,
+        default=None,
+        help="run this kind alone, in this process, and write its result (one JSON object) to --output; without "
+        "it, each kind runs in its own process and --output gets both and their ratio",
+    )
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    results = [run("gbpo", args), run("grpo", args)]
+    if args.only:
+        result = run(args.only, args)
+        print_result(result)
+        if args.output:
+            args.output.write_text(json.dumps(result, indent=2))
+        return
+    results = [run_in_subprocess(kind, args) for kind in KINDS]  # GBPO's process has ended before GRPO's starts
     ratio = results[0]["seconds_per_step"] / results[1]["seconds_per_step"]
-    print(f"device: {device}")
+    print(f"device: {results[0]['device']}")
     for r in results:
-        mem = f"{r['peak_gpu_memory_gib']:.1f} GiB" if r["peak_gpu_memory_gib"] is not None else "n/a"
-        print(
-            f"{r['kind']}: {r['seconds_per_step']:.2f} s/step, {r['generated_tokens_per_second']:.0f} generated "
-            f"tokens/s, peak GPU memory {mem}"
-        )
+        print_result(r)
     print(f"GBPO/GRPO step-time ratio: {ratio:.3f}")
     if args.output:
-        args.output.write_text(json.dumps({"device": device, "results": results, "ratio": ratio}, indent=2))
+        summary = {"device": results[0]["device"], "results": results, "ratio": ratio}
+        args.output.write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

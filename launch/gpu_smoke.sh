@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # GPU check (never in CI): a few GBPO steps, then the same GRPO steps, on one GPU with groups of 32, on the
 # Qwen2.5-Math-1.5B architecture with random weights (completions run to the length limit: a fixed, worst-case load).
-# Prints generated tokens/s, seconds per step, peak GPU memory and the GBPO/GRPO step-time ratio.
+# Prints generated tokens/s, seconds per step, peak GPU memory and the GBPO/GRPO step-time ratio (each trainer in its
+# own process, so each peak is its own).
+#
+# launch/gpu_acceptance.sh supersedes it as the check for a first GPU machine: it runs this same benchmark (same
+# arguments) after training the AIME recipe with ZeRO-3 and vLLM, and checks the results. This script stays as the
+# benchmark alone, for a GPU machine without vLLM or DeepSpeed (it needs neither).
 #
 # On a machine with PyTorch (CUDA), transformers, accelerate and peft but no TRL/datasets/math-verify and no network,
 # carry their wheels in .whl/ (see benchmarks/README.md) and run:  bash launch/gpu_smoke.sh
