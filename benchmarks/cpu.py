@@ -399,6 +399,14 @@ def measure_precision(args, precision: str, bare, input_ids, shape: dict, peak_g
             args.reps,
             args.max_call_seconds,
         )
+        profiles = {}
+        if args.profile:  # where a step's time goes: the top operators by their own CPU time, bare and trainer
+            profiles["bare"] = profile_call(
+                lambda: bare_step(bare, input_ids, attention_mask, autocast=precision == "bf16"), args.profile
+            )
+            bare.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)
+            profiles["trainer"] = profile_call(lambda: trainer.training_step(model, batch, None), args.profile)
 
     bare_gflops = flops / bare_time["seconds"] / 1e9
     trainer_gflops = flops / trainer_time["seconds"] / 1e9
@@ -412,7 +420,32 @@ def measure_precision(args, precision: str, bare, input_ids, shape: dict, peak_g
         "trainer_gflops": trainer_gflops,
         "trainer_peak_fraction": trainer_gflops / peak_gflops,
         "trainer_over_bare": trainer_time["seconds"] / bare_time["seconds"],
+        "profiles": profiles,
     }
+
+
+def profile_call(call, rows: int) -> list[dict]:
+    """One ``call`` under `torch.profiler`: its ``rows`` operators with the most self CPU time (seconds, calls,
+    share of the call's total self time), printed as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        call()
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    top = [
+        {
+            "op": e.key,
+            "self_seconds": e.self_cpu_time_total / 1e6,
+            "calls": e.count,
+            "share": e.self_cpu_time_total / total,
+        }
+        for e in events[:rows]
+    ]
+    say(f"  total self CPU time {total / 1e6:.2f} s")
+    for row in top:
+        say(f"  {row['share']:6.1%} {row['self_seconds']:7.3f} s {row['calls']:6d} x  {row['op']}")
+    return top
 
 
 def measure_steps(args, results: dict) -> None:
@@ -673,6 +706,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="steps per training run (8: one generation batch)")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "bench_cpu", help="training runs' outputs")
     parser.add_argument("--output", type=Path, default=None, help="write every figure as JSON here")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="profile one bare and one trainer step: top N operators"
+    )
     args = parser.parse_args(argv)
 
     quick = args.quick
