@@ -64,16 +64,22 @@ class StepMetricsMixin:
         loss tokens ``mask`` (B, T), ``ratio`` (B, T)) and ``gbpo/outside_bounds/low_mean|high_mean|region_mean``
         (fraction of loss tokens with ``rho`` below ``1 - epsilon_low``, above ``1 + epsilon_high``, or either,
         whatever the advantage's sign), reduced over every process."""
-        metrics = self._metrics[mode]
-        metrics["gbpo/ratio/mean"].append(self._global_masked_mean(ratio, mask))
+        mask = mask.float()
+        low, high = (ratio < 1 - epsilon_low).float(), (ratio > 1 + epsilon_high).float()
+        # one reduction, one gather and two host syncs for the six values (were six of each)
+        sums = torch.stack([(x * mask).sum() for x in (ratio, low, high, torch.maximum(low, high), mask)])
+        sums = self.accelerator.reduce(sums, reduction="sum")
         masked_ratio = ratio.masked_fill(~mask.bool(), float("nan"))
-        metrics["gbpo/ratio/min"].append(nanmin(self.accelerator.gather(nanmin(masked_ratio))).item())
-        metrics["gbpo/ratio/max"].append(nanmax(self.accelerator.gather(nanmax(masked_ratio))).item())
-        low = (ratio < 1 - epsilon_low).float()
-        high = (ratio > 1 + epsilon_high).float()
-        metrics["gbpo/outside_bounds/low_mean"].append(self._global_masked_mean(low, mask))
-        metrics["gbpo/outside_bounds/high_mean"].append(self._global_masked_mean(high, mask))
-        metrics["gbpo/outside_bounds/region_mean"].append(self._global_masked_mean(torch.maximum(low, high), mask))
+        extremes = self.accelerator.gather(torch.stack([nanmin(masked_ratio), nanmax(masked_ratio)])).view(-1, 2)
+        mean, low_mean, high_mean, region_mean = (sums[:4] / sums[4].clamp(min=1.0)).tolist()
+        smallest, largest = torch.stack([nanmin(extremes[:, 0]), nanmax(extremes[:, 1])]).tolist()
+        metrics = self._metrics[mode]
+        metrics["gbpo/ratio/mean"].append(mean)
+        metrics["gbpo/ratio/min"].append(smallest)
+        metrics["gbpo/ratio/max"].append(largest)
+        metrics["gbpo/outside_bounds/low_mean"].append(low_mean)
+        metrics["gbpo/outside_bounds/high_mean"].append(high_mean)
+        metrics["gbpo/outside_bounds/region_mean"].append(region_mean)
 
     def _relog_importance_sampling(self, output, rows):
         """Replace TRL's ``sampling/importance_sampling_ratio/min|mean|max`` of a generation round by their values

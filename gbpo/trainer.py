@@ -388,6 +388,8 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesM
         """
         buffered = getattr(self, "_buffered_inputs", None)
         if mode != "train" or not buffered:
+            if not self._is_masks_tokens(inputs):
+                return inputs["num_items_in_batch"].clamp(min=1.0)
             return self.accelerator.gather(self._weighted_tokens(inputs).sum().float()).sum().clamp(min=1.0)
         cached = getattr(self, "_buffered_token_counts", None)
         if cached is None or cached[0] is not buffered:
@@ -404,10 +406,14 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesM
         correction and no KL term (``beta`` 0), a token whose IS ratio is 0 (masked by a ``*_mask`` mode) carries
         none; the ``*_truncate`` modes never give 0 (docs/algorithm.md, "Importance-sampling correction")."""
         mask = batch["completion_mask"] * batch.get("tool_mask", 1)
-        ratio = batch.get("importance_sampling_ratio")
-        if self.use_vllm and self.vllm_importance_sampling_correction and ratio is not None and self.beta == 0.0:
-            mask = mask * (ratio > 0)
+        if self._is_masks_tokens(batch):
+            mask = mask * (batch["importance_sampling_ratio"] > 0)
         return mask
+
+    def _is_masks_tokens(self, batch) -> bool:
+        """Whether vLLM's importance-sampling ratio of ``batch`` can take a token out of every loss term."""
+        correction = self.use_vllm and self.vllm_importance_sampling_correction
+        return correction and batch.get("importance_sampling_ratio") is not None and self.beta == 0.0
 
     # ------------------------------------------------------------------ R2VPO / PPO-BR state in checkpoints
 
