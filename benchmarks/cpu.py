@@ -169,23 +169,6 @@ class TreeRssSampler(threading.Thread):
 # ---------------------------------------------------------------------------------------------------- timing
 
 
-def matmul_gflops(dtype, size: int, max_reps: int, budget_s: float = 5.0) -> float:
-    """GFLOP/s of ``torch.matmul`` on ``size x size`` matrices with all of torch's threads: one untimed call, then
-    timed calls until ``max_reps`` or ``budget_s`` seconds (at least 2), the fastest counting."""
-    import torch
-
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(dtype)
-    b = torch.randn(size, size, generator=generator).to(dtype)
-    torch.matmul(a, b)
-    times, start = [], time.perf_counter()
-    while len(times) < max_reps and (len(times) < 2 or time.perf_counter() - start < budget_s):
-        before = time.perf_counter()
-        torch.matmul(a, b)
-        times.append(time.perf_counter() - before)
-    return 2 * size**3 / min(times) / 1e9
-
-
 def time_calls(label: str, call, reset, reps: int, max_call_seconds: float) -> dict:
     """Seconds of ``call()``: one warm-up call, then ``reps`` timed calls, the fastest counting; ``reset()`` runs
     untimed before each call. A warm-up call slower than ``max_call_seconds`` is the measurement (1 sample)."""
@@ -231,9 +214,8 @@ def build_trainer(recipe: Path, model: str, precision: str, output_dir: str):
     back to the recipe's value afterwards, so the loss weighs tokens by the importance-sampling ratio as in a run."""
     from transformers import AutoTokenizer
 
-    from gbpo.data import load_benchmark
     from gbpo.models import resolve_model
-    from gbpo.train import build_reward_funcs
+    from gbpo.train import build_reward_funcs, recipe_dataset
     from gbpo.trainer import GBPOTrainer
 
     extra = [*STEP_KEYS[precision], "--output_dir", output_dir, "--save_strategy", "no", "--report_to", "none"]
@@ -246,13 +228,7 @@ def build_trainer(recipe: Path, model: str, precision: str, output_dir: str):
         "dtype": model_args.dtype,
         **(training_args.model_init_kwargs or {}),
     }
-    dataset = load_benchmark(
-        script_args.dataset_name,
-        levels=script_args.dataset_levels,
-        limit=script_args.dataset_limit,
-        system_prompt=script_args.system_prompt,
-        instruction=script_args.instruction,
-    )
+    dataset = recipe_dataset(script_args)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=training_args.trust_remote_code)
     uses_vllm = training_args.use_vllm
     training_args.use_vllm = False  # no engine: the timed step does not generate
@@ -328,9 +304,9 @@ def micro_batch_shape(args, bare) -> dict:
     """Rows and tokens of one training micro-batch of the recipe, and the FLOPs of its forward+backward."""
     from transformers import AutoTokenizer
 
-    from gbpo.data import load_benchmark
     from gbpo.kv_cache import longest_prompt_tokens
     from gbpo.models import resolve_model
+    from gbpo.train import recipe_dataset
 
     with tempfile.TemporaryDirectory() as tmp:  # fp32 keys: the shape does not depend on the precision
         script_args, training_args, _ = recipe_arguments(
@@ -340,13 +316,7 @@ def micro_batch_shape(args, bare) -> dict:
     completion_tokens = args.completion_tokens or training_args.max_completion_length
     prompt_tokens = args.prompt_tokens
     if prompt_tokens is None:  # the longest prompt of the recipe's data, as TRL tokenizes it for generation
-        dataset = load_benchmark(
-            script_args.dataset_name,
-            levels=script_args.dataset_levels,
-            limit=script_args.dataset_limit,
-            system_prompt=script_args.system_prompt,
-            instruction=script_args.instruction,
-        )
+        dataset = recipe_dataset(script_args)
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
         template_kwargs = training_args.chat_template_kwargs or {}
         prompt_tokens = longest_prompt_tokens(dataset["prompt"], tokenizer, **template_kwargs)
@@ -454,7 +424,7 @@ def measure_steps(args, results: dict) -> None:
     from transformers import AutoModelForCausalLM
 
     from gbpo.models import resolve_model
-    from gbpo.precision import choose, probe_matmul_speed
+    from gbpo.precision import choose, matmul_gflops, probe_matmul_speed
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()
@@ -463,7 +433,7 @@ def measure_steps(args, results: dict) -> None:
     say(f"[matmul] peak GFLOP/s, {args.matmul_size} x {args.matmul_size}, {threads} threads")
     peak = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        peak[precision] = matmul_gflops(dtype, args.matmul_size, args.matmul_reps)
+        peak[precision] = matmul_gflops(dtype, args.matmul_size, args.matmul_reps, budget_s=5.0)
         say(f"  {precision}: {peak[precision]:.1f} GFLOP/s")
     results["matmul_peak"] = {"size": args.matmul_size, "threads": threads, "gflops": peak}
     probe = probe_matmul_speed()

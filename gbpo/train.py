@@ -344,6 +344,20 @@ def _needs_answers(dataset, what: str) -> None:
         raise ValueError(f"{what} needs a gold answer for every problem; the data has rows without 'answer'.")
 
 
+def recipe_dataset(script_args):
+    """The training set a recipe names: `gbpo.data.load_benchmark` with the recipe's ``dataset_name``,
+    ``dataset_levels``, ``dataset_limit``, ``system_prompt`` and ``instruction`` (its errors name the bad key)."""
+    from .data import load_benchmark
+
+    return load_benchmark(
+        script_args.dataset_name,
+        levels=script_args.dataset_levels,
+        limit=script_args.dataset_limit,
+        system_prompt=script_args.system_prompt,
+        instruction=script_args.instruction,
+    )
+
+
 def main(argv: list[str] | None = None):
     """Parse a recipe and overrides, train, save the model and the logged metrics; returns the trainer.
 
@@ -400,13 +414,7 @@ def main(argv: list[str] | None = None):
     model_init_kwargs.update(training_args.model_init_kwargs or {})
     training_args.model_init_kwargs = model_init_kwargs
 
-    dataset = load_benchmark(
-        script_args.dataset_name,
-        levels=script_args.dataset_levels,
-        limit=script_args.dataset_limit,
-        system_prompt=script_args.system_prompt,
-        instruction=script_args.instruction,
-    )
+    dataset = recipe_dataset(script_args)
     _check_trainable(len(dataset), training_args)
     if "accuracy" in script_args.reward_funcs:
         _needs_answers(dataset, f"The accuracy reward (reward_funcs) on {script_args.dataset_name}")
