@@ -54,7 +54,7 @@ def test_bytes_per_token():
 
 
 def test_the_cpu_default_job_needs_a_tenth_of_the_old_fixed_4_gib():
-    # recipes/smollm2_cpu.yaml: 16 x 4 = 64 sequences at once; the longest arithmetic prompt is 50 tokens + 48 new
+    # recipes/smollm2_cpu.yaml: 4 x 16 = 64 sequences at once; the longest arithmetic prompt is 50 tokens + 48 new
     # = 98 tokens, one block each: 64 blocks x 1.25 = 80, + vLLM's null block = 81 blocks
     size = kv_cache_bytes(smollm2_config(), dtype="float32", max_num_seqs=64, max_seq_len=98)
     assert size == 81 * BLOCK_FP32 == 477_757_440  # 0.445 GiB
