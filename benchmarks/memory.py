@@ -56,6 +56,11 @@ def snapshot(phase: str) -> None:
     print(line.format(*row), flush=True)
 
 
+def reported(count: int) -> bool:
+    """Whether the ``count``-th call (from 1) gets a line: the first three, then every 8th."""
+    return count <= 3 or count % 8 == 0
+
+
 def watch(cls, name: str) -> None:
     """Wrap ``cls.name`` so that it records a snapshot after its first three calls and every 8th."""
     original = getattr(cls, name)
@@ -64,7 +69,7 @@ def watch(cls, name: str) -> None:
     def wrapped(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
         calls[0] += 1
-        if calls[0] <= 3 or calls[0] % 8 == 0:
+        if reported(calls[0]):
             snapshot(f"after {name} #{calls[0]}")
         return out
 
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 
     class AfterOptimizerStep(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step <= 3 or state.global_step % 8 == 0:
+            if reported(state.global_step):
                 snapshot(f"after optimizer step {state.global_step}")
 
     init = GBPOTrainer.__init__
