@@ -673,7 +673,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--completion-tokens", type=int, default=None, help="default: max_completion_length (--quick 8)"
     )
-    parser.add_argument("--max-steps", type=int, default=None, help="steps per training run (8: one generation batch)")
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="steps per training run (8: the CPU default's 2 generations)"
+    )
     parser.add_argument("--work-dir", type=Path, default=ROOT / "outputs" / "bench_cpu", help="training runs' outputs")
     parser.add_argument("--output", type=Path, default=None, help="write every figure as JSON here")
     parser.add_argument(
