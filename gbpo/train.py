@@ -42,9 +42,17 @@ from trl import ModelConfig, TrlParser, get_peft_config
 
 from .config import GBPOConfig
 from .data import INSTRUCTION
+from .distributed import shutdown_distributed
 from .layout import layout_keys, plan_layout
 
-__all__ = ["GBPOScriptArguments", "build_reward_funcs", "check_output_dir", "cli", "main", "make_parser"]
+__all__ = [
+    "GBPOScriptArguments",
+    "build_reward_funcs",
+    "check_output_dir",
+    "cli",
+    "main",
+    "make_parser",
+]
 
 REWARDS = ("majority_vote", "accuracy")
 
@@ -488,6 +496,7 @@ def cli(argv: list[str] | None = None) -> int:
             raise
         print(f"gbpo.train: error: {e}", file=sys.stderr)
         return 2
+    shutdown_distributed(trainer)  # every rank is past main()'s last barrier
     # 128 + SIGTERM, for SIGUSR1 too: the run did not finish, its checkpoint is saved
     return 143 if trainer.preempted else 0
 

@@ -80,3 +80,27 @@ def test_two_process_votes_equal_single_process_votes(tiny_model_dir, tmp_path):
     ]
     run_two_ranks(torchrun, tmp_path, tiny_model_dir)
     check_two_rank_records(tmp_path)
+
+
+def test_shutdown_distributed_destroys_the_group_held_elsewhere_and_leaves_gloo_idle(tmp_path):
+    """`gbpo.train`'s exit path: the process group is gone even while something (as DeepSpeed does) still holds it,
+    and it returns only once no gloo worker thread is runnable. Without a process group it does nothing."""
+    import torch.distributed as dist
+
+    from gbpo.distributed import _gloo_workers_busy, shutdown_distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        held = dist.group.WORLD  # a reference kept elsewhere keeps gloo's worker threads alive
+        total = torch.ones(4)
+        dist.all_reduce(total)
+        names = [(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()]
+        assert "pt_gloo_runloop" in names  # the threads the wait watches, by the name _gloo_workers_busy looks for
+        shutdown_distributed()
+        assert not dist.is_initialized()
+        assert not _gloo_workers_busy()
+        shutdown_distributed()  # nothing left to end: a no-op, not an error
+        del held
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -15,6 +15,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gbpo import GBPOConfig, GBPOTrainer
+from gbpo.distributed import shutdown_distributed
 from gbpo.rewards import MajorityVoteReward
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for tiny.py
@@ -70,3 +71,4 @@ record["num_processes"] = state.num_processes
 plugin = trainer.accelerator.state.deepspeed_plugin if trainer.is_deepspeed_enabled else None
 record["zero_stage"] = plugin.zero_stage if plugin is not None else None
 (out_dir / f"rank{state.process_index}.json").write_text(json.dumps(record))
+shutdown_distributed(trainer)  # as `gbpo.train` does before it exits

@@ -24,6 +24,7 @@ from vllm import SamplingParams
 
 import gbpo.rewards
 import gbpo.trainer
+from gbpo.distributed import shutdown_distributed
 from gbpo.train import main
 
 out_dir, model_dir, argv = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
@@ -99,3 +100,4 @@ record.update(
     log_history=trainer.state.log_history,
 )
 (out_dir / f"rank{state.process_index}.json").write_text(json.dumps(record))
+shutdown_distributed(trainer)  # as `gbpo.train` does before it exits: vLLM's engine, then the groups
