@@ -45,14 +45,7 @@ from .data import INSTRUCTION
 from .distributed import shutdown_distributed
 from .layout import layout_keys, plan_layout
 
-__all__ = [
-    "GBPOScriptArguments",
-    "build_reward_funcs",
-    "check_output_dir",
-    "cli",
-    "main",
-    "make_parser",
-]
+__all__ = ["GBPOScriptArguments", "build_reward_funcs", "check_output_dir", "cli", "main", "make_parser"]
 
 REWARDS = ("majority_vote", "accuracy")
 
