@@ -26,7 +26,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -36,6 +38,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 __all__ = [
     "PREEMPTION_SIGNALS",
+    "RUN_FILES",
+    "check_output_dir",
     "ExactResumeMixin",
     "PreemptionCallback",
     "is_complete_checkpoint",
@@ -221,3 +225,48 @@ class ExactResumeMixin:
             )
         self._step = state["step"]
         self._buffered_inputs = state["buffered_inputs"]
+
+
+RUN_FILES = ("metrics.jsonl", "run.json", "eval_samples", "trainer_state.json", "config.json", "adapter_config.json",
+             "model.safetensors")  # fmt: skip
+
+
+def _run_artifacts(output_dir: Path) -> list[Path]:
+    """What an earlier run left in ``output_dir``: checkpoints (complete or set aside), metrics, a saved model."""
+    if not output_dir.is_dir():
+        return []
+    return sorted(
+        p
+        for p in output_dir.iterdir()
+        if p.name.startswith(("checkpoint-", "incomplete-checkpoint-")) or p.name in RUN_FILES
+    )
+
+
+def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse to start afresh over an earlier run; with ``overwrite``, delete that run's files first.
+
+    A run that resumes (``resume`` is a checkpoint) continues the directory's run. Otherwise, a directory holding
+    checkpoints, ``metrics.jsonl`` or a saved model would end up mixing two runs (stale checkpoints picked by a later
+    resume, rotation deleting the old run's checkpoints, metrics overwritten).
+
+    Raises:
+        ValueError: ``output_dir`` holds an earlier run, and neither ``resume`` nor ``overwrite`` is set.
+    """
+    if resume is not None:
+        return
+    output_dir = Path(output_dir)
+    found = _run_artifacts(output_dir)
+    if not found:
+        return
+    names = ", ".join(p.name for p in found[:5]) + (", ..." if len(found) > 5 else "")
+    if not overwrite:
+        raise ValueError(
+            f"output_dir {output_dir} holds an earlier run ({names}) and no complete checkpoint is being resumed: "
+            "set resume_from_checkpoint: true to continue it (when it has a checkpoint), overwrite_output_dir: true "
+            "to delete it and start afresh, or another output_dir."
+        )
+    print(f"overwrite_output_dir: deleting the earlier run in {output_dir}: {names}", file=sys.stderr)
+    for path in _run_artifacts(output_dir):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for path in output_dir.glob("*.safetensors"):  # sharded model files and adapters of the earlier run
+        path.unlink()

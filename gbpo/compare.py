@@ -11,18 +11,22 @@ stress setting) and methods (a loss type and its keys)::
     before: [--model, smollm2-135m, --benchmarks, arithmetic]               # optional: gbpo.evaluate arguments
     sweep: num_iterations                                                   # optional: the key the groups vary
 
-A group may also name its own ``methods`` (a list of names from ``methods``) and ``seeds``; by default it runs every
-method with the top-level seeds. Every (group, seed, method) is one ``python -m gbpo.train`` subprocess (training is
+A group may also name its own ``methods`` (a list of names from ``methods``) and ``seeds`` (a list, or a mapping of
+method -> list for the methods that differ); by default it runs every method with the top-level seeds. A group's
+``shown_as: {method: {method: other, reason: why}}`` shows a method it does not run with another's runs, and its
+``note`` is printed under its statistics; the top-level ``paired: [[a, b], ...]`` compares methods seed by seed
+(`gbpo.study_report`). Every (group, seed, method) is one ``python -m gbpo.train`` subprocess (training is
 never re-implemented here) into ``DIR/runs/<group>/<method>/seed<k>``, whose ``metrics.jsonl`` the report reads.
 With ``--work-dir W`` the runs train in ``W/runs/...`` (checkpoints and weights stay there) and each finished run's
-``metrics.jsonl`` is copied to ``DIR/runs/...``, the part of a study worth committing. A run that trained to its
+``metrics.jsonl``, ``run.json`` (its provenance) and ``eval_samples/`` (its evaluation, sample by sample) are copied
+to ``DIR/runs/...``, the part of a study worth committing. A run that trained to its
 ``max_steps`` is not run again; one that stopped early (the study or the run was killed) resumes from its newest
 complete checkpoint (``--resume_from_checkpoint true``), or starts afresh if it has none, so an interrupted study
 continues. The report leaves unfinished runs out and says how many. ``before`` evaluates the starting model once
 with ``python -m gbpo.evaluate`` (``DIR/before``). Then ``DIR/report.md`` gets one table per group (mean over seeds,
 per-seed values beside it) and ``DIR/<group>_<quantity>.png`` one figure per quantity with every method's curve over
 steps. With ``sweep``, ``DIR/<sweep>_avg.png`` draws the benchmark avg@k after training (the runs' last in-training
-evaluation) against the groups' values of that key, one line per method (mean over seeds) and every seed's point.
+evaluation) against the groups' values of that key (`gbpo.study_report.sweep_figure`).
 ``--dry-run`` prints the commands that would run now; ``--report-only`` rebuilds the report from existing runs;
 ``--max-runs N`` stops after N runs (a long study is run and committed run by run).
 """
@@ -30,6 +34,7 @@ evaluation) against the groups' values of that key, one line per method (mean ov
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shlex
@@ -44,6 +49,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .checkpoints import is_complete_checkpoint
+from .study_report import study_sections, sweep_figure
 
 __all__ = ["CURVES", "load_settings", "main", "run_commands", "run_finished", "summarise_run", "write_report"]
 
@@ -59,7 +65,7 @@ CURVES = (
 # A run's reward has collapsed at the first generation step whose mean reward is below this share of the first one.
 COLLAPSE_SHARE = 0.5
 # Keys of a group that are the study's, not gbpo.train's.
-GROUP_PLAN_KEYS = ("methods", "seeds")
+GROUP_PLAN_KEYS = ("methods", "seeds", "shown_as", "note")
 
 
 def load_settings(path: str | Path) -> dict[str, Any]:
@@ -83,6 +89,9 @@ def load_settings(path: str | Path) -> dict[str, Any]:
         if "loss_type" not in (keys or {}):
             raise ValueError(f"{path}: method {name!r} has no loss_type.")
     settings.setdefault("common", {})
+    for pair in settings.get("paired") or []:
+        if not (isinstance(pair, list) and len(pair) == 2 and set(pair) <= set(settings["methods"])):
+            raise ValueError(f"{path}: paired must be a list of [method, method] pairs from methods, got {pair!r}.")
     sweep = settings.get("sweep")
     for name, keys in settings["groups"].items():
         keys = keys or {}
@@ -92,20 +101,36 @@ def load_settings(path: str | Path) -> dict[str, Any]:
                 f"{path}: group {name!r}: methods must be a list of names from methods "
                 f"{list(settings['methods'])}, got {methods!r}."
             )
-        if seeds is not None and (
-            not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) for x in seeds)
-        ):
-            raise ValueError(f"{path}: group {name!r}: seeds must be a list of integers, got {seeds!r}.")
+        per_method = seeds if isinstance(seeds, dict) else {"": seeds} if seeds is not None else {}
+        for method, values in per_method.items():
+            if method and method not in settings["methods"]:
+                raise ValueError(f"{path}: group {name!r}: seeds names {method!r}, which is not in methods.")
+            if not isinstance(values, list) or not values or not all(isinstance(x, int) for x in values):
+                raise ValueError(
+                    f"{path}: group {name!r}: seeds must be a list of integers or a mapping of method -> list of "
+                    f"integers, got {seeds!r}."
+                )
+        for method, spec in (keys.get("shown_as") or {}).items():
+            if not isinstance(spec, dict) or spec.get("method") not in settings["methods"] or not spec.get("reason"):
+                raise ValueError(
+                    f"{path}: group {name!r}: shown_as.{method} must be {{method: <a name from methods>, reason: "
+                    f"<why it is not run>}}, got {spec!r}."
+                )
         if sweep is not None and sweep not in keys and sweep not in settings["common"]:
             raise ValueError(f"{path}: group {name!r} sets no {sweep!r}, the sweep key: set it in the group or common.")
     return settings
 
 
-def group_plan(settings: Mapping[str, Any], group: str) -> tuple[dict[str, Any], list[str], list[int]]:
-    """A group's ``(gbpo.train keys common to its runs, method names, seeds)``."""
+def group_plan(settings: Mapping[str, Any], group: str) -> tuple[dict[str, Any], list[str], dict[str, list[int]]]:
+    """A group's ``(gbpo.train keys common to its runs, method names, {method: seeds})``."""
     keys = dict(settings["groups"][group] or {})
     methods = keys.pop("methods", None) or list(settings["methods"])
     seeds = keys.pop("seeds", None) or list(settings["seeds"])
+    for key in GROUP_PLAN_KEYS:
+        keys.pop(key, None)
+    if not isinstance(seeds, dict):
+        seeds = {method: seeds for method in methods}
+    seeds = {method: list(seeds.get(method, settings["seeds"])) for method in methods}
     return {**settings["common"], **keys}, methods, seeds
 
 
@@ -123,12 +148,18 @@ def _run_keys(settings: Mapping[str, Any], output_dir: str | Path) -> list[tuple
     runs = []
     for group in settings["groups"]:
         group_keys, methods, seeds = group_plan(settings, group)
-        for seed in seeds:
-            for method in methods:
+        for seed in sorted(set().union(*seeds.values()), key=_seed_order(seeds)):
+            for method in [m for m in methods if seed in seeds[m]]:
                 out = Path(output_dir) / "runs" / group / method / f"seed{seed}"
                 keys = {**group_keys, **(settings["methods"][method] or {})}
                 runs.append((out, keys | {"seed": seed, "output_dir": str(out)}))
     return runs
+
+
+def _seed_order(seeds: Mapping[str, list[int]]):
+    """Seeds in the order the settings list them (the first method's list first)."""
+    order = [s for values in seeds.values() for s in values]
+    return order.index
 
 
 def _train_command(settings: Mapping[str, Any], keys: Mapping[str, Any], resume: bool = False) -> list[str]:
@@ -265,41 +296,6 @@ def _before_avg(out: Path) -> dict[str, float]:
     return {name: b["metrics"]["pass@1"] for name, b in json.loads(before.read_text())["benchmarks"].items()}
 
 
-def _sweep_figure(settings, out: Path, finished: Mapping[tuple[str, str, int], Mapping[str, Any]], plt) -> Path | None:
-    """Figure (a): eval avg@k after training against the sweep key, per method (mean line, every seed's point)."""
-    sweep = settings.get("sweep")
-    if not sweep:
-        return None
-    points: dict[str, list[tuple[float, float]]] = {}
-    for (group, method, _), summary in finished.items():
-        if summary.get("eval_pass@1") is not None:
-            x = float(group_plan(settings, group)[0][sweep])
-            points.setdefault(method, []).append((x, summary["eval_pass@1"] * 100))
-    if not points:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for i, method in enumerate(settings["methods"]):  # one colour per method, the same in every report
-        if method not in points:
-            continue
-        xs = sorted({x for x, _ in points[method]})
-        means = [sum(y for x2, y in points[method] if x2 == x) / sum(x2 == x for x2, _ in points[method]) for x in xs]
-        ax.plot(xs, means, color=f"C{i}", marker="o", label=method)
-        ax.scatter(*zip(*points[method], strict=True), color=f"C{i}", alpha=0.45, s=18)
-    for name, avg in _before_avg(out).items():
-        ax.axhline(avg * 100, color="grey", linestyle=":", label=f"before training ({name})")
-    values = sorted({float(group_plan(settings, g)[0][sweep]) for g in settings["groups"]})
-    if len(values) > 2 and values[0] > 0 and values[-1] / values[0] >= 8:
-        ax.set_xscale("log", base=2)
-    ax.set_xticks(values, [f"{v:g}" for v in values])
-    ax.set(title=f"avg@k after training against {sweep}", xlabel=sweep, ylabel="avg@k (%)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / f"{sweep}_avg.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def write_report(settings: Mapping[str, Any], output_dir: str | Path, command: str = "") -> Path:
     """Write ``report.md`` and the figures from the runs under ``output_dir/runs``; returns report.md."""
     import matplotlib
@@ -337,7 +333,7 @@ def write_report(settings: Mapping[str, Any], output_dir: str | Path, command: s
             keys = settings["methods"][method]
             loss = keys["loss_type"]
             summaries, unfinished = [], 0
-            for seed in seeds:
+            for seed in seeds[method]:
                 run = out / "runs" / group / method / f"seed{seed}"
                 if not run_finished(run, _max_steps(settings, {**group_keys, **keys})):
                     unfinished += (run / "metrics.jsonl").is_file()
@@ -385,9 +381,11 @@ def write_report(settings: Mapping[str, Any], output_dir: str | Path, command: s
     lines.append(
         f"Runs missing or unfinished ({len(missing)}): {', '.join(missing)}." if missing else "Every run is in."
     )
-    figure = _sweep_figure(settings, out, finished, plt)
+    plan = functools.partial(group_plan, settings)
+    figure = sweep_figure(settings, out, plan, finished, _before_avg(out), plt)
     if figure is not None:
         lines += ["", f"![avg@k after training against {settings['sweep']}]({figure.name})"]
+    lines += ["", *study_sections(settings, out, plan, finished)]
     lines += body
     lines.append("Solid line: first seed; dashed: the others.")
     report = out / "report.md"
@@ -462,11 +460,15 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
 
 
 def _publish(run_dir: Path, published: Path) -> None:
-    """Copy a finished run's ``metrics.jsonl`` from the work directory to the output directory (nothing when the two
-    are one)."""
+    """Copy a finished run's ``metrics.jsonl``, ``run.json`` and per-sample evaluation (``eval_samples/``) from the
+    work directory to the output directory (nothing when the two are one)."""
     if run_dir.resolve() != published.resolve():
         published.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / "metrics.jsonl", published / "metrics.jsonl")
+        for name in ("metrics.jsonl", "run.json"):
+            if (run_dir / name).is_file():
+                shutil.copyfile(run_dir / name, published / name)
+        if (run_dir / "eval_samples").is_dir():
+            shutil.copytree(run_dir / "eval_samples", published / "eval_samples", dirs_exist_ok=True)
 
 
 def _run(command: list[str], log: Path) -> None:

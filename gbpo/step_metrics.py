@@ -14,7 +14,10 @@ from trl.trainer.utils import nanmax, nanmin
 
 from .rows import ADVANTAGE_ATOL
 
-__all__ = ["StepMetricsMixin"]
+__all__ = ["TARGET_AT_1", "StepMetricsMixin"]
+
+# A target ratio within this of 1 counts as "at 1" (the hard median's exact 1 comes out of float32 arithmetic).
+TARGET_AT_1 = 1e-6
 
 
 class StepMetricsMixin:
@@ -58,6 +61,19 @@ class StepMetricsMixin:
         # Rows without loss tokens (completions that only voted, or masked by TRL) are not trained: leave them out.
         trained_rows = (mask.sum(dim=1) > 0).float()
         metrics["gbpo/target_ratio/mean"].append(self._global_masked_mean(target_ratios, trained_rows))
+
+    def _log_target_sides(self, targets: torch.Tensor) -> None:
+        """``gbpo/target_ratio/above_1|below_1|at_1``: the fractions of a training generation batch's trained
+        completions whose target ratio ``targets`` (N,) (gathered over every process) is above ``1 + TARGET_AT_1``,
+        below ``1 - TARGET_AT_1`` or within it. Under the hard median a group's majority sits at its median and
+        gets target 1 (no gradient at ratio 1); the soft quantile's targets of a group average 1 and are two-sided."""
+        if targets.numel() == 0:
+            return
+        above, below = (targets > 1 + TARGET_AT_1).float().mean(), (targets < 1 - TARGET_AT_1).float().mean()
+        metrics = self._metrics["train"]
+        metrics["gbpo/target_ratio/above_1"].append(above.item())
+        metrics["gbpo/target_ratio/below_1"].append(below.item())
+        metrics["gbpo/target_ratio/at_1"].append(1.0 - above.item() - below.item())
 
     def _log_ratio_metrics(self, mode, mask, ratio, epsilon_low, epsilon_high):
         """The ratio metrics every loss type logs under the same names: ``gbpo/ratio/mean|min|max`` (``rho`` over the

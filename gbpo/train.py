@@ -4,7 +4,9 @@ Also ``accelerate launch [accelerate options] -m gbpo.train RECIPE.yaml``. A rec
 :class:`GBPOScriptArguments` (data and rewards), :class:`gbpo.GBPOConfig` (every TRL ``GRPOConfig`` key and GBPO's)
 and TRL's ``ModelConfig`` (model, dtype, LoRA); parsing is TRL's own ``TrlParser``, so an unknown key is an error that
 names it, and ``--key value`` on the command line overrides the recipe. The run trains, saves the model (or adapter)
-to ``output_dir`` and writes the metrics it logged to ``output_dir/metrics.jsonl``.
+to ``output_dir``, writes the metrics it logged to ``output_dir/metrics.jsonl`` and its provenance (commit, machine,
+library versions, resolved config, command, training and evaluation time) to ``output_dir/run.json``
+(`gbpo.provenance`).
 
 With ``dtype: auto`` and ``use_cpu: true`` (the CPU default) a sub-second probe picks bf16 autocast and bf16
 generation where this CPU's bf16 matmuls are clearly faster than fp32, else fp32 for both (`gbpo.precision`; one log
@@ -32,7 +34,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -40,10 +41,12 @@ from pathlib import Path
 import yaml
 from trl import ModelConfig, TrlParser, get_peft_config
 
+from .checkpoints import check_output_dir
 from .config import GBPOConfig
 from .data import INSTRUCTION
 from .distributed import shutdown_distributed
 from .layout import layout_keys, plan_layout
+from .provenance import run_record, write_run_json
 
 __all__ = ["GBPOScriptArguments", "build_reward_funcs", "check_output_dir", "cli", "main", "make_parser"]
 
@@ -284,50 +287,6 @@ def _cpu_precision(argv: list[str], parsed: tuple, user_keys: dict, probe) -> tu
     return _parse([*argv, *extra])[:3], line
 
 
-RUN_FILES = ("metrics.jsonl", "trainer_state.json", "config.json", "adapter_config.json", "model.safetensors")
-
-
-def _run_artifacts(output_dir: Path) -> list[Path]:
-    """What an earlier run left in ``output_dir``: checkpoints (complete or set aside), metrics, a saved model."""
-    if not output_dir.is_dir():
-        return []
-    return sorted(
-        p
-        for p in output_dir.iterdir()
-        if p.name.startswith(("checkpoint-", "incomplete-checkpoint-")) or p.name in RUN_FILES
-    )
-
-
-def check_output_dir(output_dir: str | Path, resume: str | None, overwrite: bool) -> None:
-    """Refuse to start afresh over an earlier run; with ``overwrite``, delete that run's files first.
-
-    A run that resumes (``resume`` is a checkpoint) continues the directory's run. Otherwise, a directory holding
-    checkpoints, ``metrics.jsonl`` or a saved model would end up mixing two runs (stale checkpoints picked by a later
-    resume, rotation deleting the old run's checkpoints, metrics overwritten).
-
-    Raises:
-        ValueError: ``output_dir`` holds an earlier run, and neither ``resume`` nor ``overwrite`` is set.
-    """
-    if resume is not None:
-        return
-    output_dir = Path(output_dir)
-    found = _run_artifacts(output_dir)
-    if not found:
-        return
-    names = ", ".join(p.name for p in found[:5]) + (", ..." if len(found) > 5 else "")
-    if not overwrite:
-        raise ValueError(
-            f"output_dir {output_dir} holds an earlier run ({names}) and no complete checkpoint is being resumed: "
-            "set resume_from_checkpoint: true to continue it (when it has a checkpoint), overwrite_output_dir: true "
-            "to delete it and start afresh, or another output_dir."
-        )
-    print(f"overwrite_output_dir: deleting the earlier run in {output_dir}: {names}", file=sys.stderr)
-    for path in _run_artifacts(output_dir):
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    for path in output_dir.glob("*.safetensors"):  # sharded model files and adapters of the earlier run
-        path.unlink()
-
-
 def _check_trainable(dataset_size: int, args: GBPOConfig) -> None:
     """Raise ValueError when the dataset is smaller than one generation batch (the Trainer would train 0 steps)."""
     prompts = args.generation_batch_size // args.num_generations
@@ -377,6 +336,7 @@ def main(argv: list[str] | None = None):
     from .trainer import GBPOTrainer
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = list(argv)  # as typed, for run.json
     script_args, training_args, model_args, user_keys = _parse(argv)
     state = PartialState()
     layout = plan_layout(layout_keys(user_keys), state.num_processes, fixed=_command_line_keys(_argv_with_config(argv)))
@@ -449,8 +409,9 @@ def main(argv: list[str] | None = None):
     )
     trainer.model_card_base_model = model_args.model_name_or_path
     trainer.model_card_recipe = {k: v for k, v in user_keys.items() if k != "overwrite_output_dir"}
-    if eval_benchmarks:
-        trainer.add_callback(BenchmarkEvalCallback(trainer, eval_benchmarks))
+    evaluation = BenchmarkEvalCallback(trainer, eval_benchmarks) if eval_benchmarks else None
+    if evaluation is not None:
+        trainer.add_callback(evaluation)
     preemption = PreemptionCallback()
     trainer.add_callback(preemption)
     trainer.train(resume_from_checkpoint=resume)
@@ -463,6 +424,17 @@ def main(argv: list[str] | None = None):
         with metrics_path.open("w") as f:
             for entry in trainer.state.log_history:
                 f.write(json.dumps(entry) + "\n")
+        runtime = next((e["train_runtime"] for e in trainer.state.log_history[::-1] if "train_runtime" in e), None)
+        record = run_record(
+            training_args,
+            script_args,
+            model_args,
+            argv=command,
+            total_seconds=runtime,
+            eval_seconds=evaluation.seconds if evaluation else 0.0,
+            finished=not trainer.preempted,
+        )
+        write_run_json(training_args.output_dir, record)  # fmt: skip
         if trainer.preempted:
             trainer.accelerator.print(
                 f"Preempted at step {trainer.state.global_step}: checkpoint saved in {training_args.output_dir}; "

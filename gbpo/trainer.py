@@ -71,7 +71,9 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesM
 
     Metrics logged with ``loss_type="gbpo"`` besides TRL's generation and reward metrics: ``entropy``, ``policy_loss``
     and ``kl`` (as TRL), ``gbpo/ratio/mean|min|max`` (``rho`` over loss tokens), ``gbpo/target_ratio/mean`` (``r*``
-    averaged over the rows that have loss tokens) and ``gbpo/outside_bounds/low_mean|high_mean|region_mean`` (fraction
+    averaged over the rows that have loss tokens), ``gbpo/target_ratio/above_1|below_1|at_1`` (per generation batch:
+    the fraction of trained completions whose ``r*`` is above, below or within 1e-6 of 1; a completion at 1 gets no
+    gradient at ratio 1) and ``gbpo/outside_bounds/low_mean|high_mean|region_mean`` (fraction
     of loss tokens with ``rho`` below ``1 - eps_low``, above ``1 + eps_high``, or either, whatever the advantage's
     sign). TRL's ``clip_ratio/*`` counts tokens whose clip is active for the advantage's sign; GBPO has no clip, so it
     does not log them (a TRL ``loss_type`` logs TRL's own).
@@ -230,9 +232,11 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesM
             )
             output["advantages"] = advantages[process_slice]
             if self.loss_type == "gbpo":
-                output["target_ratios"] = target_ratio(
-                    target_advantages[process_slice], self.epsilon_low, self.epsilon_high, self.args.gbpo_temperature
-                )
+                temperature = self.args.gbpo_temperature
+                targets = target_ratio(target_advantages, self.epsilon_low, self.epsilon_high, temperature)
+                output["target_ratios"] = targets[process_slice]
+                if self.model.training:
+                    self._log_target_sides(targets[trained])
         informative = informative_rows(advantages, trained, num_generations)
         return output, trained[process_slice].cpu(), informative[process_slice].cpu(), logged_rewards
 

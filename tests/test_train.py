@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import trl
 import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from gbpo.evaluation.callback import read_eval_samples
 from gbpo.train import _argv_with_config, build_reward_funcs, make_parser
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -171,6 +173,31 @@ def test_benchmark_evaluation_during_training(tmp_path, tiny_model_dir):
     train_steps = [e["step"] for e in history if "gbpo/ratio/mean" in e]
     assert train_steps == [1, 2]
     assert trainer.model.training
+    # every evaluation's samples are kept, problem by problem, as the logged metrics counted them
+    out = tmp_path / "out"
+    for e in evals:
+        records = read_eval_samples(out / "eval_samples" / f"arithmetic-step{e['step']}.jsonl.gz")
+        assert [r["index"] for r in records] == [0, 1, 2]
+        assert all(len(r["samples"]) == len(r["extracted"]) == len(r["correct"]) == 2 for r in records)
+        assert all({"problem", "answer", "votes"} <= set(r) for r in records)
+        assert sum(map(sum, (r["correct"] for r in records))) / 6 == pytest.approx(e["eval/arithmetic/pass@1"])
+        assert sum(r["votes"]["1"]["correct"] for r in records) / 3 == pytest.approx(e["eval/arithmetic/maj@1"])
+    # provenance: the command as typed, the resolved config, the machine, and the evaluation's share of the time
+    run = json.loads((out / "run.json").read_text())
+    assert run["command"] == f"python -m gbpo.train {path}" and run["finished"] is True
+    assert run["config"]["eval_steps"] == 1 and run["config"]["loss_type"] == "gbpo" and run["config"]["seed"] == 42
+    assert run["script_args"]["eval_limit"] == 3 and run["model_args"]["model_name_or_path"] == str(tiny_model_dir)
+    assert run["versions"]["trl"] == trl.__version__ and run["versions"]["torch"] is not None
+    assert run["machine"]["cpu_model"] and run["machine"]["torch_threads"] >= 1
+    assert len(run["git"]["commit"]) == 40 and isinstance(run["git"]["dirty"], bool)  # this checkout
+    time = run["time"]
+    runtime = next(e["train_runtime"] for e in history if "train_runtime" in e)
+    assert time["total_seconds"] == runtime and 0 < time["eval_seconds"] < runtime
+    assert time["train_seconds"] == pytest.approx(runtime - time["eval_seconds"])
+    # GBPO's target sides per generation batch: fractions of the trained completions that add up to 1
+    for step in (e for e in history if "gbpo/target_ratio/above_1" in e):
+        sides = [step[f"gbpo/target_ratio/{side}"] for side in ("above_1", "below_1", "at_1")]
+        assert all(0 <= v <= 1 for v in sides) and sum(sides) == pytest.approx(1.0)
 
 
 def test_eval_benchmarks_need_eval_steps(tmp_path, tiny_model_dir):

@@ -8,10 +8,14 @@ alone, so ``eval_strategy`` keeps its meaning (evaluating an ``eval_dataset``).
 from __future__ import annotations
 
 import contextlib
+import gzip
+import json
 import logging
 import math
 import random
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +26,11 @@ from transformers import Trainer, TrainerCallback
 from .generation import _load_named, evaluate_benchmarks
 from .metrics import _check_int, _check_ks, check_answer_extraction, compute_metrics, default_ks
 
-__all__ = ["BenchmarkEvalCallback"]
+__all__ = ["BenchmarkEvalCallback", "SAMPLE_FIELDS", "read_eval_samples", "write_eval_samples"]
+
+# What a per-sample record keeps of `evaluate_benchmarks`'s records (the prompt text is the benchmark's, not kept).
+SAMPLE_FIELDS = ("index", "id", "problem", "level", "answer", "extracted", "correct", "votes", "samples",
+                 "completion_tokens", "truncated")  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +63,28 @@ def pad_and_drop_shard(num_rows: int, rank: int, world_size: int) -> tuple[list[
     per = math.ceil(num_rows / world_size)
     positions = range(rank * per, (rank + 1) * per)
     return [min(i, num_rows - 1) for i in positions], sum(i < num_rows for i in positions)
+
+
+def write_eval_samples(path: str | Path, records: Sequence[Mapping[str, Any]]) -> Path:
+    """Write one benchmark evaluation's per-problem records to ``path`` as gzipped JSON lines.
+
+    Each line keeps the fields of ``SAMPLE_FIELDS`` a record has: the problem and its gold ``answer``, every sample's
+    text (``samples``), extracted answer (``extracted``, None: none found) and grade (``correct``), and the majority
+    vote of the first k samples for each k (``votes``: ``{k: {"label", "ratio", "correct"}}``). The gzip header holds
+    no time stamp, so the same records give the same bytes. Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps({k: r[k] for k in SAMPLE_FIELDS if k in r}) + "\n" for r in records)
+    with path.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        f.write(lines.encode())
+    return path
+
+
+def read_eval_samples(path: str | Path) -> list[dict[str, Any]]:
+    """The records :func:`write_eval_samples` wrote to ``path``."""
+    with gzip.open(path, "rt") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 @contextlib.contextmanager
@@ -90,6 +120,11 @@ class BenchmarkEvalCallback(TrainerCallback):
     every module and the Python, NumPy and torch RNG states are as they were. The sampling seed is
     ``args.seed + global_step``.
 
+    The main process writes each evaluation's per-problem records (every sample, its extracted answer and grade, the
+    majority votes, the gold answer) to ``output_dir/eval_samples/<name>-step<N>.jsonl.gz`` (:func:`write_eval_samples`;
+    ``save_samples=False`` turns it off), and ``seconds`` adds up the wall time spent evaluating, which `gbpo.train`
+    reports apart from training in ``run.json``.
+
     Args:
         trainer: the `GBPOTrainer` (or `GRPOTrainer`) being trained.
         benchmarks: ``{name: datasets.Dataset}`` with ``prompt`` and ``answer`` columns (e.g. from
@@ -103,6 +138,7 @@ class BenchmarkEvalCallback(TrainerCallback):
         batch_size: sequences per transformers ``generate`` call; default
             ``per_device_eval_batch_size * num_samples``.
         prefix: the metric name prefix.
+        save_samples: write the per-problem records of each evaluation under ``output_dir/eval_samples``.
 
     Raises:
         ValueError: no ``eval_steps`` here or in the trainer's arguments, an empty benchmark or one without
@@ -123,6 +159,7 @@ class BenchmarkEvalCallback(TrainerCallback):
         answer_extraction: str | None = None,
         batch_size: int | None = None,
         prefix: str = "eval",
+        save_samples: bool = True,
     ):
         args = trainer.args
 
@@ -150,6 +187,8 @@ class BenchmarkEvalCallback(TrainerCallback):
         self.batch_size = batch_size or args.per_device_eval_batch_size * self.num_samples
         self.ks = _check_ks(None, self.num_samples)
         self.prefix = prefix
+        self.save_samples = save_samples
+        self.seconds = 0.0  # wall time spent in evaluate(), summed
         self._announced = False
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -179,6 +218,13 @@ class BenchmarkEvalCallback(TrainerCallback):
 
     def evaluate(self) -> dict[str, float]:
         """Run the evaluation now (every process must call it) and return the metrics (without logging them)."""
+        started = time.monotonic()
+        try:
+            return self._evaluate()
+        finally:
+            self.seconds += time.monotonic() - started
+
+    def _evaluate(self) -> dict[str, float]:
         trainer, args = self.trainer, self.trainer.args
         accelerator = trainer.accelerator
         rank, world = accelerator.process_index, accelerator.num_processes
@@ -229,6 +275,9 @@ class BenchmarkEvalCallback(TrainerCallback):
             if world > 1:
                 records = [r for part in gather_object([records]) for r in part]
             scores = compute_metrics(records, self.ks)
+            if self.save_samples and accelerator.is_main_process:
+                step = trainer.state.global_step
+                write_eval_samples(Path(args.output_dir) / "eval_samples" / f"{name}-step{step}.jsonl.gz", records)
             metrics[f"{self.prefix}/{name}/pass@1"] = scores["pass@1"]
             for end in ("low", "high"):  # the 95% interval of avg@n (= pass@1) over problems
                 metrics[f"{self.prefix}/{name}/pass@1_ci95_{end}"] = scores[f"avg@{self.num_samples}_ci95_{end}"]
