@@ -161,8 +161,10 @@ def study_sections(
         keys, methods, seeds = plan(group)
         shown_as = (settings["groups"][group] or {}).get("shown_as") or {}
         lines += [f"### {group}", ""]
-        header = ["method", "n", *(label for _, label in METRICS), "outside bounds", "smallest ratio",
-                  "correct majorities", "machines and commits"]  # fmt: skip
+        k = keys.get("eval_num_samples", "k")
+        labels = [label.replace("k", str(k)) for _, label in METRICS]
+        header = ["method", "n", *labels, "outside bounds", "smallest ratio", "correct majorities",
+                  "machines and commits"]  # fmt: skip
         lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         trajectories: dict[str, dict[int, list]] = {}
         for method in [*methods, *shown_as]:
@@ -206,11 +208,11 @@ def study_sections(
         note = (settings["groups"][group] or {}).get("note")
         if note:
             lines += [str(note).strip(), ""]
-        _paired_table(settings, group, seeds, shown_as, summaries, lines)
+        _paired_table(settings, group, seeds, shown_as, summaries, lines, k)
     return lines
 
 
-def _paired_table(settings, group, seeds, shown_as, summaries: Summaries, lines: list[str]) -> None:
+def _paired_table(settings, group, seeds, shown_as, summaries: Summaries, lines: list[str], k) -> None:
     """Append the group's paired differences (each pair of ``settings["paired"]`` with runs in this group)."""
     rows = []
     for a, b in settings.get("paired") or []:
@@ -230,14 +232,22 @@ def _paired_table(settings, group, seeds, shown_as, summaries: Summaries, lines:
             p = "-" if d["p"] is None else f"{d['p']:.3g}"
             verdict = "decided" if d["decided"] else "not decided" if d["p"] is not None else "not decided (one seed)"
             seeds_text = ", ".join(map(str, common))
-            cells = [f"{a} - {b}", label, f"{d['n']} ({seeds_text})", f"{d['mean']:+.1f}", ci, p, verdict]
+            cells = [
+                f"{a} - {b}",
+                label.replace("k", str(k)),
+                f"{d['n']} ({seeds_text})",
+                f"{d['mean']:+.1f}",
+                ci,
+                p,
+                verdict,
+            ]
             rows.append("| " + " | ".join(cells) + " |")
     if rows:
         lines += [
             f"Paired by seed in {group} (A - B, percentage points; bootstrap 95% interval over seeds; exact two-sided "
             f"sign-flip permutation p; decided: p <= {ALPHA}):",
             "",
-            "| A - B | measure | seeds | mean difference | 95% interval | p | |",
+            "| A - B | measure | seeds | mean difference | 95% interval | p | verdict |",
             "|---|---|---|---|---|---|---|",
             *rows,
             "",
