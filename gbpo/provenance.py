@@ -135,6 +135,7 @@ def run_record(
     total_seconds: float | None = None,
     eval_seconds: float = 0.0,
     finished: bool = True,
+    git: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``run.json`` record of a run (fields in the module docstring).
 
@@ -144,6 +145,7 @@ def run_record(
         argv: the arguments after ``python -m gbpo.train``.
         total_seconds: the Trainer's ``train_runtime``; ``eval_seconds``: benchmark evaluation inside it.
         finished: False for a preempted run.
+        git: :func:`git_state` taken when the run started (the code it imported); default: now.
     """
     machine = cpu_info()
     try:
@@ -156,7 +158,7 @@ def run_record(
     train_seconds = None if total_seconds is None else max(total_seconds - eval_seconds, 0.0)
     return {
         "run_json_version": RUN_JSON_VERSION,
-        "git": git_state(),
+        "git": dict(git) if git is not None else git_state(),
         "machine": machine,
         "versions": library_versions(),
         "command": shlex.join(["python", "-m", "gbpo.train", *argv]),

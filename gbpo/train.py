@@ -46,7 +46,7 @@ from .config import GBPOConfig
 from .data import INSTRUCTION
 from .distributed import shutdown_distributed
 from .layout import layout_keys, plan_layout
-from .provenance import run_record, write_run_json
+from .provenance import git_state, run_record, write_run_json
 
 __all__ = ["GBPOScriptArguments", "build_reward_funcs", "check_output_dir", "cli", "main", "make_parser"]
 
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None):
     from .trainer import GBPOTrainer
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = list(argv)  # as typed, for run.json
+    command, code = list(argv), git_state()  # as typed, and the commit the run imported: for run.json
     script_args, training_args, model_args, user_keys = _parse(argv)
     state = PartialState()
     layout = plan_layout(layout_keys(user_keys), state.num_processes, fixed=_command_line_keys(_argv_with_config(argv)))
@@ -433,8 +433,9 @@ def main(argv: list[str] | None = None):
             total_seconds=runtime,
             eval_seconds=evaluation.seconds if evaluation else 0.0,
             finished=not trainer.preempted,
+            git=code,
         )
-        write_run_json(training_args.output_dir, record)  # fmt: skip
+        write_run_json(training_args.output_dir, record)
         if trainer.preempted:
             trainer.accelerator.print(
                 f"Preempted at step {trainer.state.global_step}: checkpoint saved in {training_args.output_dir}; "
