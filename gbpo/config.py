@@ -18,6 +18,20 @@ TRL_EPSILON = next(f.default for f in fields(GRPOConfig) if f.name == "epsilon")
 
 # Loss types computed by GBPOTrainer itself (token mean over the mini-batch, as GBPO); every other one is TRL's.
 OWN_LOSSES = ("gbpo", "r2vpo", "ppo_br")
+# The loss types TRL 1.16's GRPOTrainer computes (`_compute_loss`; any other one fails there, after the model, vLLM
+# and the first generation). tests/test_config_choices.py checks this list against the installed TRL's source.
+TRL_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+# Every GRPOConfig key with a fixed set of values and the values TRL 1.16 accepts (TRL checks some only when the first
+# batch is scored or the first loss computed; GBPOConfig checks all of them at construction, before anything loads).
+# scale_rewards is checked after TRL's own mapping of True/False to "group"/"none".
+CHOICES = {
+    "loss_type": (*OWN_LOSSES, *TRL_LOSS_TYPES),
+    "scale_rewards": ("group", "batch", "none"),
+    "importance_sampling_level": ("token", "sequence"),
+    "vllm_mode": ("colocate", "server"),
+    "multi_objective_aggregation": ("sum_then_normalize", "normalize_then_sum"),
+    "vllm_importance_sampling_mode": ("sequence_mask", "sequence_truncate", "token_mask", "token_truncate"),
+}
 
 
 @dataclass
@@ -119,9 +133,15 @@ class GBPOConfig(GRPOConfig):
             is `eps_0` (TRL's 0.2 by default). Logged: `ppo_br/epsilon`, `ppo_br/phi`, `ppo_br/psi`.
 
     Raises:
-        ValueError: at construction, for a GBPO key out of range or a TRL option the GBPO loss cannot honour
-            (`importance_sampling_level="sequence"`, `multi_objective_aggregation="normalize_then_sum"`, `delta`,
-            `use_adaptive_entropy`), naming the key and what to set instead.
+        ValueError: at construction, before any model or engine loads, naming the key and what to set instead:
+            a key with a fixed set of values (`loss_type`, `scale_rewards`, `importance_sampling_level`, `vllm_mode`,
+            `multi_objective_aggregation`, `vllm_importance_sampling_mode`) set to a value TRL 1.16 does not accept
+            (the error lists the accepted ones); a GBPO key out of range; with GBPO's, R2VPO's or PPO-BR's loss:
+            `delta` (two-sided clipping: these losses already act on a ratio past its bound),
+            `importance_sampling_level="sequence"` with R2VPO or PPO-BR (their state is per token), and
+            `gradient_accumulation_steps` not dividing `steps_per_generation * num_iterations` (an optimizer step
+            spanning two generation batches would need the token count of a batch not generated yet for its exact
+            token mean; TRL's `dapo` normalises by each generation batch instead, which is not that mean).
     """
 
     loss_type: str = field(
@@ -253,9 +273,13 @@ class GBPOConfig(GRPOConfig):
             raise ValueError(
                 f"eval_answer_extraction must be one of {ANSWER_EXTRACTION}, got {self.eval_answer_extraction!r}."
             )
+        if self.loss_type not in CHOICES["loss_type"]:  # first: the epsilon default depends on it
+            self._check_choice("loss_type")
         if self.epsilon is None:
             self.epsilon = GBPO_EPSILON if self.loss_type == "gbpo" else TRL_EPSILON
         super().__post_init__()
+        for key in CHOICES:
+            self._check_choice(key)
         if self.vllm_dtype not in VLLM_DTYPES:
             raise ValueError(f"vllm_dtype must be one of {VLLM_DTYPES}, got {self.vllm_dtype!r}.")
         if self.vllm_max_prompt_tokens is not None and self.vllm_max_prompt_tokens < 1:
@@ -271,21 +295,25 @@ class GBPOConfig(GRPOConfig):
             raise ValueError(f"target_baseline must be one of {TARGET_BASELINES}, got {self.target_baseline!r}.")
         if not self.tv_coef >= 0.0:
             raise ValueError(f"tv_coef must be >= 0, got {self.tv_coef}.")
-        unsupported = {
-            "importance_sampling_level": (self.importance_sampling_level != "token", "'token'"),
-            "multi_objective_aggregation": (
-                self.multi_objective_aggregation != "sum_then_normalize",
-                "'sum_then_normalize'",
-            ),
-            "delta": (self.delta is not None, "None (GBPO's target ratio is already bounded)"),
-            "use_adaptive_entropy": (self.use_adaptive_entropy, "False (a fixed entropy_coef works)"),
-        }
-        for key, (bad, allowed) in unsupported.items():
-            if bad:
-                raise ValueError(
-                    f"{key}={getattr(self, key)!r} is not supported with loss_type={self.loss_type!r}: set it to "
-                    f"{allowed}, or pick a TRL loss_type."
-                )
+        if self.delta is not None:
+            raise ValueError(
+                f"delta={self.delta!r} (two-sided clipping) is not supported with loss_type={self.loss_type!r}: its "
+                "loss already pulls a ratio that overshoots its bound back (GBPO, R2VPO) or clips it (PPO-BR), so a "
+                "second clip would only remove that gradient. Set delta=None, or pick a TRL loss_type."
+            )
+        if self.importance_sampling_level == "sequence" and self.loss_type != "gbpo":
+            raise ValueError(
+                f"importance_sampling_level='sequence' is not supported with loss_type={self.loss_type!r}: its "
+                "trust-region state is defined on token ratios. Use 'token', or loss_type='gbpo' (GBPO on the "
+                "sequence ratio, docs/algorithm.md)."
+            )
+
+    def _check_choice(self, key: str) -> None:
+        """Raise ValueError naming ``key``, its value and the values TRL 1.16 (and GBPO) accept, when it is not one."""
+        value = getattr(self, key)
+        if value not in CHOICES[key]:
+            accepted = ", ".join(repr(v) for v in CHOICES[key])
+            raise ValueError(f"{key}={value!r} is not one of the accepted values: {accepted}.")
 
     def _check_rows(self):
         """Vote-N/train-M, group filtering and the exact token-mean normaliser: keys that cannot work together."""
@@ -321,8 +349,9 @@ class GBPOConfig(GRPOConfig):
             raise ValueError(
                 f"gradient_accumulation_steps={self.gradient_accumulation_steps} must divide steps_per_generation="
                 f"{self.steps_per_generation} x num_iterations={self.num_iterations} with "
-                f"loss_type={self.loss_type!r}, so that "
-                "each optimizer step's mini-batch is known when its token mean is taken: change one of these keys."
+                f"loss_type={self.loss_type!r}: the loss is the token mean over each optimizer step's mini-batch, and "
+                "a step that spans two generation batches would need the token count of a batch not generated yet. "
+                "Change one of these keys."
             )
 
     def _check_trust_region_keys(self) -> None:

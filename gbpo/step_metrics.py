@@ -40,12 +40,13 @@ class StepMetricsMixin:
         totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
-    def _log_gbpo_metrics(self, mode, mask, ratio, target_ratios, entropies, policy_loss):
+    def _log_gbpo_metrics(self, mode, mask, ratio, target_ratios, entropies, policy_loss, advantages):
         """Log the step metrics of GBPO, R2VPO or PPO-BR (names and meanings in the class docstring), reduced over
         every process.
 
         ``mask`` (B, T) marks the loss tokens, ``ratio`` (B, T) is ``rho``, ``target_ratios`` (B,) is ``r*`` (GBPO;
-        None for the other two, which log their state instead: ``r2vpo/*`` or ``ppo_br/*``).
+        None for the other two, which log their state instead: ``r2vpo/*`` or ``ppo_br/*``), ``advantages`` (B,) is
+        ``A`` (for TRL's ``clip_ratio/*``, :meth:`_log_clip_metrics`).
         """
         metrics = self._metrics[mode]
         metrics["entropy"].append(self._global_masked_mean(entropies, mask))
@@ -56,8 +57,10 @@ class StepMetricsMixin:
                 metrics[key].append(value)
             eps = state.get("ppo_br/epsilon")  # PPO-BR: its own range; R2VPO has none, so the config's epsilons
             self._log_ratio_metrics(mode, mask, ratio, eps or self.epsilon_low, eps or self.epsilon_high)
+            self._log_clip_metrics(mode, mask, ratio, advantages, eps or self.epsilon_low, eps or self.epsilon_high)
             return
         self._log_ratio_metrics(mode, mask, ratio, self.epsilon_low, self.epsilon_high)
+        self._log_clip_metrics(mode, mask, ratio, advantages, self.epsilon_low, self.epsilon_high)
         # Rows without loss tokens (completions that only voted, or masked by TRL) are not trained: leave them out.
         trained_rows = (mask.sum(dim=1) > 0).float()
         metrics["gbpo/target_ratio/mean"].append(self._global_masked_mean(target_ratios, trained_rows))
@@ -74,6 +77,31 @@ class StepMetricsMixin:
         metrics["gbpo/target_ratio/above_1"].append(above.item())
         metrics["gbpo/target_ratio/below_1"].append(below.item())
         metrics["gbpo/target_ratio/at_1"].append(1.0 - above.item() - below.item())
+
+    def _log_clip_metrics(self, mode, mask, ratio, advantages, epsilon_low, epsilon_high):
+        """TRL's ``clip_ratio/low_mean|high_mean|region_mean|low_min|high_max`` for GBPOTrainer's own losses, with TRL
+        1.16's definitions (`GRPOTrainer._compute_loss`): the loss tokens where PPO's clip is active for the
+        advantage's sign (``rho < 1 - eps_low`` with ``A < 0``, ``rho > 1 + eps_high`` with ``A > 0``), as a fraction
+        over every process, and the smallest / largest per-completion fraction. PPO-BR clips there; GBPO and R2VPO do
+        not clip (their losses pull such a ratio back), so for them these count the tokens PPO would have clipped,
+        logged under TRL's names so that every loss type reports the same keys."""
+        advantages = advantages.reshape(-1, 1)
+        low = ((ratio < 1 - epsilon_low) & (advantages < 0)).float()
+        high = ((ratio > 1 + epsilon_high) & (advantages > 0)).float()
+        mask = mask.float()
+        sums = self.accelerator.reduce(
+            torch.stack([(x * mask).sum() for x in (low, high, torch.maximum(low, high), mask)]), reduction="sum"
+        )
+        low_mean, high_mean, region_mean = (sums[:3] / sums[3].clamp(min=1.0)).tolist()
+        per_row = mask.sum(-1)  # TRL's per-completion means (NaN for a completion without loss tokens)
+        low_rows = self.accelerator.gather((low * mask).sum(-1) / per_row)
+        high_rows = self.accelerator.gather((high * mask).sum(-1) / per_row)
+        metrics = self._metrics[mode]
+        metrics["clip_ratio/low_mean"].append(low_mean)
+        metrics["clip_ratio/high_mean"].append(high_mean)
+        metrics["clip_ratio/region_mean"].append(region_mean)
+        metrics["clip_ratio/low_min"].append(nanmin(low_rows).item())
+        metrics["clip_ratio/high_max"].append(nanmax(high_rows).item())
 
     def _log_ratio_metrics(self, mode, mask, ratio, epsilon_low, epsilon_high):
         """The ratio metrics every loss type logs under the same names: ``gbpo/ratio/mean|min|max`` (``rho`` over the

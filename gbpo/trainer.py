@@ -44,6 +44,7 @@ from .rows import (
     trained_mask,
 )
 from .step_metrics import StepMetricsMixin
+from .trl_options import EntropyBonusMixin, gbpo_sequence_loss, normalize_then_sum_rewards, sequence_ratio
 from .trust_region import TrustRegionState
 from .vllm_cpu import (
     adapt_vllm_generation,
@@ -57,7 +58,7 @@ from .vllm_cpu import (
 __all__ = ["GBPOTrainer"]
 
 
-class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesMixin, GRPOTrainer):
+class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesMixin, EntropyBonusMixin, GRPOTrainer):
     """Trainer for Group-relative Bounded Policy Optimization (GBPO).
 
     GBPO ("Bounded Ratio Reinforcement Learning", arXiv 2604.18578, 4.5 and 5.3) is BPO with GRPO's group-relative
@@ -88,6 +89,8 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesM
 
     Args:
         model, reward_funcs, args, **kwargs: as `trl.GRPOTrainer`; ``args`` defaults to a `GBPOConfig`.
+            ``reward_funcs`` may be None when an ``environment_factory`` whose environment defines ``get_reward``
+            owns the reward (TRL's rule and TRL's error when there is no reward source at all).
     """
 
     _tag_names = ["trl", "gbpo"]
@@ -102,7 +105,7 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesM
     def __init__(
         self,
         model,
-        reward_funcs,
+        reward_funcs=None,
         args: GBPOConfig | None = None,
         **kwargs,
     ):
@@ -217,14 +220,19 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesM
         if self.loss_type != "gbpo" and num_trained == num_generations:
             advantages = self.accelerator.gather(output["advantages"])  # TRL's, for either aggregation
         else:
-            # The same aggregation as TRL's "sum_then_normalize" (GBPOConfig rejects the other one here).
-            rewards = self._weighted_rewards(rewards_per_func)
-            rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # no function scored it
+            # TRL's aggregation of the reward functions, then GBPO's advantages and target advantages.
+            scale_rewards = self.scale_rewards
+            if self.multi_objective_aggregation == "normalize_then_sum":  # all rows train (GBPOConfig)
+                rewards = normalize_then_sum_rewards(rewards_per_func, self.reward_weights, num_generations)
+                scale_rewards = "batch"  # TRL scales the sum by its batch std (gbpo/trl_options.py)
+            else:
+                rewards = self._weighted_rewards(rewards_per_func)
+                rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # no function scored it
             advantages, target_advantages = torch.zeros_like(rewards), torch.zeros_like(rewards)
             advantages[trained], target_advantages[trained] = gbpo_advantages(
                 rewards[trained],
                 num_trained,
-                scale_rewards=self.scale_rewards,
+                scale_rewards=scale_rewards,
                 target_baseline=self.args.target_baseline,
                 epsilon_low=self.epsilon_low,
                 epsilon_high=self.epsilon_high,
@@ -299,7 +307,12 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesM
         old_per_token_logps = inputs.get("old_per_token_logps")
         old_per_token_logps = per_token_logps.detach() if old_per_token_logps is None else old_per_token_logps
 
-        if self.loss_type == "gbpo":
+        sequence_level = self.importance_sampling_level == "sequence"  # GBPO only (GBPOConfig)
+        if self.loss_type == "gbpo" and sequence_level:  # (B, 1): one loss per completion, on each of its tokens
+            per_token_loss = gbpo_sequence_loss(
+                per_token_logps, old_per_token_logps, mask, advantages, target_ratios, tv_coef=self.args.tv_coef
+            )
+        elif self.loss_type == "gbpo":
             per_token_loss = gbpo_per_token_loss(
                 per_token_logps, old_per_token_logps, advantages, target_ratios, tv_coef=self.args.tv_coef
             )
@@ -327,7 +340,10 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesM
         policy_loss = (per_token_loss * policy_mask).sum() / normalizer
         loss = policy_loss
 
-        ratio = importance_ratio(per_token_logps.detach(), old_per_token_logps)
+        if sequence_level:  # the ratio the loss acts on, on every token of its completion
+            ratio = sequence_ratio(per_token_logps.detach(), old_per_token_logps, mask).expand_as(per_token_logps)
+        else:
+            ratio = importance_ratio(per_token_logps.detach(), old_per_token_logps)
         if self.beta != 0.0:
             ref_per_token_logps = inputs["ref_per_token_logps"]
             per_token_kl = (
@@ -338,9 +354,8 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesM
             loss = loss + self.beta * (per_token_kl * mask).sum() / normalizer
 
         accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        if self._entropy_bonus_enabled:  # a fixed coefficient: GBPOConfig rejects the adaptive one
-            entropy = (entropies * policy_mask).sum() / policy_mask.sum().clamp(min=1.0)
-            loss = loss - self.entropy_coef * entropy / accumulation
+        if self._entropy_bonus_enabled:  # TRL's bonus and adaptive controller (gbpo/trl_options.py)
+            loss = loss - self._entropy_bonus(entropies, policy_mask, mode)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
@@ -350,7 +365,7 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesM
             sums = torch.stack([((ratio - 1.0) ** 2 * mask).sum(), (entropies.detach() * mask).sum(), mask.sum()])
             variance_sum, entropy_sum, tokens = self.accelerator.reduce(sums.float(), reduction="sum").tolist()
             self.trust_region.accumulate(variance_sum=variance_sum, entropy_sum=entropy_sum, tokens=tokens)
-        self._log_gbpo_metrics(mode, mask, ratio, target_ratios, entropies, policy_loss * accumulation)
+        self._log_gbpo_metrics(mode, mask, ratio, target_ratios, entropies, policy_loss * accumulation, advantages)
         if self.beta != 0.0:
             self._metrics[mode]["kl"].append(self._global_masked_mean(per_token_kl, mask))
         return loss

@@ -250,8 +250,13 @@ def test_gbpo_metrics_names_and_values_on_a_hand_made_batch(tiny_model_dir, tmp_
     trainer._compute_loss(trainer.model, batch)
 
     metrics = {key: values[-1] for key, values in trainer._metrics["train"].items()}
-    # TRL's clip_ratio/* (the clip active for the advantage's sign) only where TRL computes the loss
-    assert any(key.startswith("clip_ratio/") for key in metrics) == (loss_type in ("dapo", "grpo"))
+    # TRL's clip_ratio/* (the clip active for the advantage's sign, advantages 1.2, -1.4, 0.3, 0.6), for every loss
+    # type with TRL's definition: low = rho < 0.7 with A < 0: row 1's first token -> 1 / 12; high = rho > 1.3 with
+    # A > 0: row 0's two -> 2 / 12 (row 3's two loss tokens are inside); per-row fractions: row 1 1/4, row 0 2/6.
+    assert metrics["clip_ratio/low_mean"] == pytest.approx(1 / 12, abs=1e-6)
+    assert metrics["clip_ratio/high_mean"] == pytest.approx(2 / 12, abs=1e-6)
+    assert metrics["clip_ratio/region_mean"] == pytest.approx(3 / 12, abs=1e-6)
+    assert metrics["clip_ratio/low_min"] == 0.0 and metrics["clip_ratio/high_max"] == pytest.approx(2 / 6, abs=1e-6)
     # Loss tokens: row 0 all 6, row 1 the first 4, row 3 the first 2 -> 12 tokens.
     # rho < 0.7 (spread -0.6, -0.5): row 0 two, row 1 one (-0.6), row 3 one -> 4 / 12
     # rho > 1.3 (spread 0.5, 0.4):   row 0 two, row 1 one (0.5)                -> 3 / 12
@@ -353,7 +358,7 @@ def test_training_changes_weights_and_logs(tiny_model_dir, tmp_path, overrides):
         ({"gbpo_temperature": 0.0}, "temperature"),
         ({"target_baseline": "mode"}, "target_baseline"),
         ({"epsilon": 1.5}, "epsilon_low"),
-        ({"importance_sampling_level": "sequence"}, "importance_sampling_level"),
+        ({"importance_sampling_level": "sequence", "loss_type": "ppo_br"}, "importance_sampling_level"),
         ({"delta": 2.0}, "delta"),
     ],
 )
