@@ -8,24 +8,36 @@
 # (its docstring says what is measured and checked).
 #
 #   bash launch/gpu_acceptance.sh              # GPU
+#   bash launch/gpu_acceptance.sh --preflight  # only the preflight table (below); exit 2 when something is missing
 #   bash launch/gpu_acceptance.sh --dry-run    # build the model, print the plan (commands, layout), train nothing
 #   bash launch/gpu_acceptance.sh --cpu        # tiny model, vLLM for CPU, no DeepSpeed: a few minutes (CI)
 #   MAX_COMPLETION_LENGTH=512 bash launch/gpu_acceptance.sh                # shorter training completions
 #   bash launch/gpu_acceptance.sh -- --vllm_gpu_memory_utilization 0.3    # more gbpo.train keys after --
 # Other environment variables: LEARNING_RATE, BENCH_STEPS, BENCH_MAX_COMPLETION_LENGTH, PYTHON (default python3).
 #
-# The GPU machine needs PyTorch (CUDA), vLLM (CUDA build, 0.22.0-0.31.0) and DeepSpeed installed. Without network,
-# carry the pure-Python packages gbpo needs as wheels in .whl/ (benchmarks/README.md, "GPU acceptance", lists them):
-# they are installed into /tmp/site, and gbpo itself runs from this checkout.
+# Every mode starts with the preflight (benchmarks/preflight.py): one table of the GPU(s), Python, torch and its CUDA,
+# and whether each package the run needs imports, at which version; which vLLM matches this torch; the mode that would
+# run; and what is missing. It exits 2, before any model is built, when something the mode requires is missing,
+# naming the wheel to carry. The GPU machine needs PyTorch with CUDA; vLLM (the CUDA build matching its torch) and
+# DeepSpeed are used where they import. Without network, carry the packages such an image lacks as wheels in .whl/
+# (`bash launch/fetch_gpu_wheels.sh` where an index is reachable; launch/gpu_wheels.txt pins them): when one of them
+# does not import they are installed into /tmp/site, and gbpo itself runs from this checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-if [ -d .whl ] && ! "$PYTHON" -c "import trl, datasets, math_verify" 2>/dev/null; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+if [ -d .whl ] && ! "$PYTHON" -c "import trl, datasets, math_verify, deepspeed" >/dev/null 2>&1; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+PREFLIGHT_ONLY=0
+for arg in "$@"; do
+  if [ "$arg" = "--" ]; then break; fi  # gbpo.train keys follow
+  if [ "$arg" = "--preflight" ]; then PREFLIGHT_ONLY=1; fi
+done
+STATUS=0
+"$PYTHON" benchmarks/preflight.py "$@" || STATUS=$?
+if [ "$STATUS" -ne 0 ] || [ "$PREFLIGHT_ONLY" -eq 1 ]; then
+  exit "$STATUS"
 fi
 exec "$PYTHON" benchmarks/gpu_acceptance.py "$@"
