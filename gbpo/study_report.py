@@ -150,6 +150,13 @@ def study_sections(
     """The report's study lines (module docstring) for the finished runs ``summaries`` ``{(group, method, seed):
     summary}``; ``plan(group)`` is `gbpo.compare.group_plan` (keys, methods, seeds per method)."""
     lines = ["## Statistics over seeds", ""]
+    train_h, eval_h, counted = _hours(out, plan, settings, summaries)
+    lines += [
+        f"Time of the {counted} finished runs: {train_h:.1f} h of training and {eval_h:.1f} h of evaluation during "
+        "training (from run.json; for runs without it, the sum of the steps' step_time, and the Trainer's "
+        "train_runtime minus that sum).",
+        "",
+    ]
     lines += [
         "Per cell: mean ± seed standard deviation (every seed's value, in seed order), in percent after training. "
         "Outside bounds: the fraction of loss tokens outside [1 - eps, 1 + eps_high], averaged over the run's steps. "
@@ -210,6 +217,24 @@ def study_sections(
             lines += [str(note).strip(), ""]
         _paired_table(settings, group, seeds, shown_as, summaries, lines, k)
     return lines
+
+
+def _hours(out: Path, plan, settings, summaries: Summaries) -> tuple[float, float, int]:
+    """Training and evaluation hours summed over the finished runs (see `study_sections`)."""
+    train = evaluation = 0.0
+    for group, method, seed in summaries:
+        run_dir = out / "runs" / group / method / f"seed{seed}"
+        record = read_run_json(run_dir)
+        if record is not None and record.get("time", {}).get("train_seconds") is not None:
+            train += record["time"]["train_seconds"]
+            evaluation += record["time"]["eval_seconds"]
+            continue
+        entries = _entries(run_dir)
+        steps = sum(float(e.get("step_time", 0.0)) for e in entries if "loss" in e and "step" in e)
+        runtime = max((float(e["train_runtime"]) for e in entries if "train_runtime" in e), default=steps)
+        train += steps
+        evaluation += max(runtime - steps, 0.0)
+    return train / 3600, evaluation / 3600, len(summaries)
 
 
 def _paired_table(settings, group, seeds, shown_as, summaries: Summaries, lines: list[str], k) -> None:

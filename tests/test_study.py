@@ -142,6 +142,8 @@ def test_report_statistics_paired_by_seed_and_shown_as(tmp_path, capsys):
     text = main([str(path), "--output-dir", str(out), "--report-only"]).read_text()
     capsys.readouterr()
     assert "| gbpo | 3 | 25.0 ± 0.0 (25.0, 25.0, 25.0) | 75.0 ± 0.0 (75.0, 75.0, 75.0) |" in text
+    # no step_time logged: all of each run's 12.5 s train_runtime counts as evaluation (6 runs: 75 s = 0.02 h)
+    assert "Time of the 6 finished runs: 0.0 h of training and 0.0 h of evaluation during training" in text
     # 2 groups a batch (4 rows / 2 generations), label accuracy 0.5 then 1.0 (gbpo) or 0.0 (grpo)
     assert "| 3/4, 3/4, 3/4 | AMD EPYC (avx512_bf16, 2 threads): 3; commits aaaaaaa (3) |" in text
     assert "| 1/4, 1/4, 1/4 | 3 provenance not recorded |" in text
