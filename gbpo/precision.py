@@ -6,12 +6,17 @@ slow conversions and bf16 runs 50-100x slower in a one-core matmul, ~4x slower e
 A recipe that hard-codes either is wrong on the other machine, so `gbpo.train` with ``dtype: auto`` and
 ``use_cpu: true`` times a few matmuls (:func:`probe_matmul_speed`, well under a second) and picks (:func:`choose`):
 
-* **bf16**: the model's weights stay fp32 (``dtype: float32``) and training runs under bf16 autocast
-  (``bf16: true``: transformers hands it to Accelerate, which wraps the forward pass in
-  ``torch.autocast("cpu", dtype=torch.bfloat16)``), vLLM generates in bf16 (``vllm_dtype: bfloat16``) and TRL's
-  importance-sampling correction (``vllm_importance_sampling_correction: true``,
-  https://huggingface.co/docs/trl/grpo_trainer) corrects for the bf16 sampler's mismatch with the trained policy;
+* **mixed** where bf16 is fast: vLLM generates in bf16 (``vllm_dtype: bfloat16``, where most of a step's time goes)
+  and TRL's importance-sampling correction (``vllm_importance_sampling_correction: true``,
+  https://huggingface.co/docs/trl/grpo_trainer) corrects for the bf16 sampler's mismatch with the trained policy,
+  while the trainer computes log-probs and trains in fp32 (``dtype: float32``, ``bf16: false``);
 * **fp32** otherwise: ``dtype: float32``, ``bf16: false``, ``vllm_dtype: float32``.
+
+``auto`` does not choose bf16 training (``bf16: true``, autocast) on speed alone: the trust region measures the
+policy's change through the ratio of two log-prob passes, and in bf16 one optimizer step at the recipes' learning rates
+moves the ratio mostly by rounding (benchmarks/precision.py: mean ``|log rho|`` 10x fp32's after one step at
+``lr 2e-6``; docs/algorithm.md, "Precision and the trust region"). It will only once runs show that bf16 training
+learns as well (issue 36, part 3). ``bf16: true`` or ``dtype: bfloat16`` still choose it explicitly.
 
 Every one of these keys the recipe or the command line sets explicitly is kept (:func:`resolve_auto_dtype`). An
 explicit ``dtype`` (``float32``, ``bfloat16``, ``float16``) on a CPU is the precision of the whole run: ``bf16`` and
@@ -109,25 +114,33 @@ def resolve_auto_dtype(user_keys: dict, speeds: dict[str, float]) -> tuple[dict,
         speeds: :func:`probe_matmul_speed`'s result.
 
     Returns:
-        ``(keys, line)``: ``keys`` to set, always ``dtype: float32`` (fp32 weights; autocast does the bf16), then
-        ``bf16``, ``vllm_dtype`` and, with bf16, ``vllm_importance_sampling_correction: true``, each left out when
-        ``user_keys`` has it; ``line`` gives the choice, the measured speeds and the keys kept.
+        ``(keys, line)``: ``keys`` to set, always ``dtype: float32`` (fp32 weights), then ``bf16: false``,
+        ``vllm_dtype`` (``bfloat16`` in the mixed mode) and, in the mixed mode,
+        ``vllm_importance_sampling_correction: true``, each left out when ``user_keys`` has it; ``line`` gives the
+        mode, why, the measured speeds and the keys kept.
 
     Raises:
         ValueError: as :func:`choose`.
     """
     choice = choose(speeds)
-    wanted = {"dtype": "float32", "bf16": choice == "bfloat16", "vllm_dtype": choice}
+    wanted = {"dtype": "float32", "bf16": False, "vllm_dtype": choice}
     if choice == "bfloat16":
         wanted["vllm_importance_sampling_correction"] = True
     keys = {k: v for k, v in wanted.items() if k == "dtype" or k not in user_keys}
     kept = [f"{k}: {user_keys[k]}" for k in wanted if k != "dtype" and k in user_keys]
     final = {**user_keys, **keys}
+    mode = "mixed" if choice == "bfloat16" else "fp32"
+    why = (
+        "bf16 generation is faster here; training stays fp32, where the ratio measures the policy's change and not "
+        "bf16's rounding (benchmarks/precision.py)"
+        if mode == "mixed"
+        else "bf16 is not faster here"
+    )
     line = (
         f"dtype auto: bf16 matmuls {speeds['bfloat16']:.1f} GFLOP/s, fp32 {speeds['float32']:.1f} GFLOP/s "
-        f"({speeds['bfloat16'] / speeds['float32']:.2f}x; bf16 needs >= {MIN_BF16_SPEEDUP}x): {choice}. Training in "
-        f"{'bf16 autocast' if final['bf16'] else 'fp32'} over fp32 weights, generating in {final['vllm_dtype']}"
-        + (f"; kept as set: {', '.join(kept)}." if kept else ".")
+        f"({speeds['bfloat16'] / speeds['float32']:.2f}x; bf16 needs >= {MIN_BF16_SPEEDUP}x): {mode} ({why}). "
+        f"Training in {'bf16 autocast' if final['bf16'] else 'fp32'} over fp32 weights, generating in "
+        f"{final['vllm_dtype']}" + (f"; kept as set: {', '.join(kept)}." if kept else ".")
     )
     return keys, line
 

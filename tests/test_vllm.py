@@ -203,3 +203,19 @@ def test_paper_recipe_runs_two_steps_on_cpu(tmp_path, vllm_model_dir):
     assert len(steps) == 2 and "sampling/importance_sampling_ratio/mean" in steps[0]
     # 10 PPO epochs over one generation batch: both steps train on the first generation, no sync yet
     assert record["synced_step"] == 0 and paper["num_iterations"] == 10
+
+
+def test_mixed_precision_generates_in_bf16_and_trains_in_fp32(tmp_path, vllm_model_dir):
+    """The mixed mode (issue 36): vLLM samples in bf16, the trainer computes log-probs and trains in fp32 with TRL's
+    importance-sampling correction covering the sampler's mismatch."""
+    overrides = {"vllm_dtype": "bfloat16", "bf16": False, "dtype": "float32"}
+    (record,) = run(tmp_path, vllm_model_dir, recipe(tmp_path, vllm_model_dir, **overrides))
+    steps = [entry for entry in record["log_history"] if "loss" in entry]
+    assert len(steps) == record["global_step"] == 3
+    assert record["vllm_vs_initial"] > 0.05  # the weights trained and the engine followed them
+    generations = [entry for entry in steps if "sampling/importance_sampling_ratio/mean" in entry]
+    assert generations
+    # a bf16 sampler against fp32 log-probs: the correction sees a mismatch (an fp32 engine's is float rounding only)
+    assert max(entry["sampling/sampling_logp_difference/max"] for entry in generations) > 1e-3
+    for entry in generations:
+        assert 0.5 < entry["sampling/importance_sampling_ratio/mean"] < 2.0, entry
