@@ -313,8 +313,7 @@ def sweep_figure(settings, out: Path, plan, summaries: Summaries, before: Mappin
     if len(values) > 2 and values[0] > 0 and values[-1] / values[0] >= 8:
         ax.set_xscale("log", base=2)
     ax.set_xticks(values, [f"{v:g}" for v in values])
-    ax.set(title=f"avg@k after training against {sweep} (mean ± seed sd, every seed)", xlabel=sweep,
-           ylabel="avg@k (%)")  # fmt: skip
+    ax.set(title="avg@k after training: mean ± seed sd, dots: seeds", xlabel=sweep, ylabel="avg@k (%)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = out / f"{sweep}_avg.png"
