@@ -30,7 +30,8 @@ combination that cannot hold is a ``ValueError`` naming the key to change and ho
 ``prompts_per_step`` is taken as written (TRL's behaviour) and only checked.
 
 ``python -m gbpo.layout RECIPE.yaml --num_processes N [--key value ...]`` prints the layout, or the error, without
-building a model or touching a GPU (the SLURM script runs it before it starts anything).
+building a model or touching a GPU (the SLURM script runs it before it starts anything); with ``--gpu-memory-gib M``
+it also prints the memory plan per GPU of `gbpo.memory_plan` and says which key to lower when it does not fit.
 """
 
 from __future__ import annotations
@@ -290,37 +291,83 @@ def _check_fits(prompts_per_generation: float, num_prompts: int | None, key: str
 
 def layout_keys(user_keys: Mapping[str, Any]) -> dict[str, Any]:
     """:data:`LAYOUT_KEYS` from a recipe's keys as written, unset ones at their `GBPOConfig` /
-    `gbpo.train.GBPOScriptArguments` default (``steps_per_generation`` stays ``None`` when unset)."""
+    `gbpo.recipe.GBPOScriptArguments` default (``steps_per_generation`` stays ``None`` when unset)."""
     from dataclasses import fields
 
     from .config import GBPOConfig
-    from .train import GBPOScriptArguments
+    from .recipe import GBPOScriptArguments
 
     defaults = {f.name: f.default for cls in (GBPOConfig, GBPOScriptArguments) for f in fields(cls)}
     return {key: user_keys.get(key, defaults.get(key)) for key in LAYOUT_KEYS}
 
 
+def _take_option(argv: list[str], name: str, convert, default=None):
+    """Remove ``name VALUE`` from ``argv`` and return ``convert(VALUE)`` (``default`` when absent).
+
+    Raises:
+        ValueError: ``name`` without a value, or a value ``convert`` rejects.
+    """
+    if name not in argv:
+        return default
+    i = argv.index(name)
+    if i + 1 >= len(argv):
+        raise ValueError(f"{name} needs a value.")
+    value = argv[i + 1]
+    del argv[i : i + 2]
+    try:
+        return convert(value)
+    except ValueError:
+        raise ValueError(f"{name}: {value!r} is not a valid value.") from None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m gbpo.layout RECIPE.yaml --num_processes N [--key value ...]``: print the layout (0) or the error
-    (2). The data set is counted, so a generation batch larger than it is an error here too."""
+    """``python -m gbpo.layout RECIPE.yaml --num_processes N [--gpu-memory-gib M [--zero-stage S]
+    [--prompt-tokens P]] [--key value ...]``: print the layout and, with ``--gpu-memory-gib``, the memory plan per GPU
+    (`gbpo.memory_plan`; ZeRO stage default 3, the launch configs'). The data set is counted, so a generation batch
+    larger than it is an error here too.
+
+    Returns:
+        0: the layout holds (and the plan fits); 1: the plan does not fit (the last line names the key to lower);
+        2: an error (printed as ``gbpo.layout: error: ...``).
+    """
     from .data import load_benchmark
-    from .train import _argv_with_config, _command_line_keys, _user_keys
+    from .recipe import argv_with_config, command_line_keys, user_keys
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if "--num_processes" not in argv:
+        num_processes = _take_option(argv, "--num_processes", int)
+        if num_processes is None:
             raise ValueError("--num_processes N is required: the number of training processes.")
-        i = argv.index("--num_processes")
-        num_processes = int(argv[i + 1])
-        argv = _argv_with_config(argv[:i] + argv[i + 2 :])
-        user = _user_keys(argv)
+        gpu_memory = _take_option(argv, "--gpu-memory-gib", float)
+        zero_stage = _take_option(argv, "--zero-stage", int, 3)
+        prompt_tokens = _take_option(argv, "--prompt-tokens", int)
+        argv = argv_with_config(argv)
+        user = user_keys(argv)
         name = user.get("dataset_name", "arithmetic")
         num_prompts = len(load_benchmark(name, levels=user.get("dataset_levels"), limit=user.get("dataset_limit")))
-        layout = plan_layout(layout_keys(user), num_processes, fixed=_command_line_keys(argv), num_prompts=num_prompts)
+        fixed = command_line_keys(argv)
+        layout = plan_layout(layout_keys(user), num_processes, fixed=fixed, num_prompts=num_prompts)
+        plan = None
+        if gpu_memory is not None:
+            from .memory_plan import memory_keys, model_shape, plan_memory
+
+            keys, recipe_layout = memory_keys(user), layout_keys(user)
+
+            def relayout(changes: dict[str, int], processes: int) -> Layout:
+                unfixed = [key for key in fixed if key not in changes]
+                return plan_layout({**recipe_layout, **changes}, processes, fixed=unfixed, num_prompts=num_prompts)
+
+            shape = model_shape(str(keys["model_name_or_path"]))
+            plan = plan_memory(
+                keys, layout, shape, gpu_memory, zero_stage=zero_stage, prompt_tokens=prompt_tokens, relayout=relayout
+            )
     except (ValueError, FileNotFoundError, IndexError) as e:
         print(f"gbpo.layout: error: {e}", file=sys.stderr)
         return 2
     print(layout.change_line() or f"batch layout for {layout.summary()}: the recipe's keys as written.")
+    if plan is not None:
+        print("\n".join(plan.lines()))
+        return 0 if plan.fits else 1
     return 0
 
 

@@ -2,8 +2,9 @@
 
 Also ``accelerate launch [accelerate options] -m gbpo.train RECIPE.yaml``. A recipe is a YAML mapping of keys of
 :class:`GBPOScriptArguments` (data and rewards), :class:`gbpo.GBPOConfig` (every TRL ``GRPOConfig`` key and GBPO's)
-and TRL's ``ModelConfig`` (model, dtype, LoRA); parsing is TRL's own ``TrlParser``, so an unknown key is an error that
-names it, and ``--key value`` on the command line overrides the recipe. The run trains, saves the model (or adapter)
+and TRL's ``ModelConfig`` (model, dtype, LoRA); parsing is TRL's own ``TrlParser`` (`gbpo.recipe`, shared with
+`gbpo.layout`), so an unknown key is an error that names it, and ``--key value`` on the command line overrides the
+recipe. The run trains, saves the model (or adapter)
 to ``output_dir``, writes the metrics it logged to ``output_dir/metrics.jsonl`` and its provenance (commit, machine,
 library versions, resolved config, command, training and evaluation time) to ``output_dir/run.json``
 (`gbpo.provenance`).
@@ -35,123 +36,22 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 
-import yaml
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import get_peft_config
 
 from .checkpoints import check_output_dir
 from .config import GBPOConfig
-from .data import INSTRUCTION
 from .distributed import shutdown_distributed
 from .layout import layout_keys, plan_layout
 from .provenance import git_state, run_record, write_run_json
+from .recipe import REWARDS, GBPOScriptArguments, make_parser
+from .recipe import argv_with_config as _argv_with_config
+from .recipe import command_line_keys as _command_line_keys
+from .recipe import user_keys as _user_keys
 
 __all__ = ["GBPOScriptArguments", "build_reward_funcs", "check_output_dir", "cli", "main", "make_parser"]
-
-REWARDS = ("majority_vote", "accuracy")
-
-
-@dataclass
-class GBPOScriptArguments:
-    """Data and reward keys of a recipe (the rest are `GBPOConfig` and TRL `ModelConfig` keys).
-
-    Parameters:
-        dataset_name: a benchmark of `gbpo.data` (``aime24``, ``amc``, ``math500``, ``arithmetic``) or a local
-            JSON/JSONL/parquet file with ``problem`` and ``answer`` columns.
-        dataset_levels: MATH-500 levels to keep (e.g. ``[1, 2]``); all when unset.
-        dataset_limit: keep the first N problems.
-        system_prompt: an optional system message before each problem.
-        instruction: the line after each problem (default: the standard step-by-step ``\\boxed{}`` instruction).
-        reward_funcs: ``majority_vote`` (TTRL: no labels) and/or ``accuracy`` (against the gold ``answer``).
-        eval_benchmarks: benchmarks evaluated every ``eval_steps`` during training (needs ``eval_steps``).
-        eval_limit: evaluate only the first N problems of each.
-        answer_fallback_last_number: a completion with no ``\\boxed{}`` answers with its last number.
-        answer_extraction: ``strict`` (the last ``\\boxed{}``) or ``lenient`` (also unboxed answers); see
-            `gbpo.grading.extract_answer`.
-        vllm_optional: with ``use_vllm: true``, fall back to transformers generation when vLLM is not installed.
-        overwrite_output_dir: start afresh in an ``output_dir`` that holds an earlier run, deleting its
-            checkpoints, metrics and model files first (without it, such a directory is an error unless resuming).
-        prompts_per_step: prompts whose completions make one optimizer step, whatever the number of processes:
-            `per_device_train_batch_size` (at most the recipe's value), `gradient_accumulation_steps` and
-            `steps_per_generation` are derived for the processes of the run (`gbpo.layout.plan_layout`; a changed key
-            is announced in one line). Unset: the batch keys are taken as written, per process.
-        prompts_per_generation: prompts generated at once (with ``prompts_per_step``); unset: ``prompts_per_step``
-            x the recipe's optimizer steps per generation (``steps_per_generation / gradient_accumulation_steps``).
-    """
-
-    dataset_name: str = field(
-        default="arithmetic",
-        metadata={"help": "Benchmark name (aime24, amc, math500, arithmetic) or a local json/jsonl/parquet file."},
-    )
-    dataset_levels: list[int] | None = field(default=None, metadata={"help": "MATH-500 levels to keep."})
-    dataset_limit: int | None = field(default=None, metadata={"help": "Keep only the first N problems."})
-    system_prompt: str | None = field(default=None, metadata={"help": "Optional system message."})
-    instruction: str = field(
-        default=INSTRUCTION,
-        metadata={"help": "The line after each problem; default: the standard step-by-step \\boxed{} instruction."},
-    )
-    reward_funcs: list[str] = field(
-        default_factory=lambda: ["majority_vote"],
-        metadata={"help": f"Reward functions, any of {REWARDS}: majority_vote is TTRL (no labels)."},
-    )
-    eval_benchmarks: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Benchmarks (names or files) evaluated every eval_steps (set eval_steps: N): logs "
-            "eval/<name>/pass@1 and maj@k. Same prompt template as training."
-        },
-    )
-    eval_limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N problems of each."})
-    answer_fallback_last_number: bool = field(
-        default=False,
-        metadata={"help": "Use a completion's last number as its answer when it has no \\boxed{}."},
-    )
-    answer_extraction: str = field(
-        default="strict",
-        metadata={
-            "help": "How the rewards read a completion's answer: strict (the last \\boxed{}) or lenient (also the "
-            "answer after 'final answer is', the last math, the last number).",
-            "choices": ["strict", "lenient"],
-        },
-    )
-    vllm_optional: bool = field(
-        default=False,
-        metadata={
-            "help": "With use_vllm: true, generate with transformers instead of failing when vLLM is not installed "
-            "(said in one log line). The CPU default sets it; the GPU recipes do not."
-        },
-    )
-    prompts_per_step: int | None = field(
-        default=None,
-        metadata={
-            "help": "Prompts per optimizer step on any number of processes: per_device_train_batch_size (at most the "
-            "recipe's), gradient_accumulation_steps and steps_per_generation are derived (gbpo.layout), and a "
-            "changed key is said in one line. Unset: the batch keys are taken as written, per process."
-        },
-    )
-    prompts_per_generation: int | None = field(
-        default=None,
-        metadata={
-            "help": "Prompts generated at once, with prompts_per_step (a multiple of it). Unset: prompts_per_step x "
-            "steps_per_generation / gradient_accumulation_steps as written."
-        },
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={
-            "help": "Start afresh in an output_dir that holds an earlier run: delete its checkpoints, metrics and "
-            "model files first. Without it such an output_dir is an error unless resume_from_checkpoint is set."
-        },
-    )
-
-
-def make_parser() -> TrlParser:
-    """TRL's parser over the three dataclasses of a recipe; abbreviated keys (``--max_step``) are not accepted."""
-    parser = TrlParser((GBPOScriptArguments, GBPOConfig, ModelConfig))
-    parser.allow_abbrev = False  # argparse would otherwise read --max_step as --max_steps
-    return parser
 
 
 def build_reward_funcs(script_args: GBPOScriptArguments, training_args: GBPOConfig) -> list:
@@ -181,53 +81,6 @@ def build_reward_funcs(script_args: GBPOScriptArguments, training_args: GBPOConf
         else:
             raise ValueError(f"Unknown reward in reward_funcs: {name!r}. Known rewards: {REWARDS}.")
     return funcs
-
-
-def _argv_with_config(argv: list[str]) -> list[str]:
-    """Accept the recipe as the first positional argument (``gbpo.train RECIPE.yaml``) as well as ``--config``.
-
-    Raises:
-        FileNotFoundError: the recipe file does not exist.
-        ValueError: no recipe and no ``--model_name_or_path`` (the defaults alone do not make a run).
-    """
-    if argv and not argv[0].startswith("-"):
-        argv = ["--config", argv[0], *argv[1:]]
-    if "--config" in argv:
-        recipe = Path(argv[argv.index("--config") + 1])
-        if not recipe.is_file():
-            raise FileNotFoundError(f"Recipe {recipe} does not exist.")
-    elif "--model_name_or_path" not in argv:
-        recipes = Path(__file__).resolve().parent.parent / "recipes"
-        shipped = ", ".join(sorted(p.name for p in recipes.glob("*.yaml"))) if recipes.is_dir() else ""
-        raise ValueError(
-            "No recipe: run `python -m gbpo.train RECIPE.yaml [--key value ...]`"
-            + (f" (recipes/ has {shipped})." if shipped else ".")
-        )
-    return argv
-
-
-def _user_keys(argv: list[str]) -> dict:
-    """The keys the user wrote, recipe then command line (values as written), for error messages and the card."""
-    keys = {}
-    if "--config" in argv:
-        keys.update(yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()) or {})
-    keys.update(_command_line_keys(argv))
-    return keys
-
-
-def _command_line_keys(argv: list[str]) -> dict:
-    """The keys set on the command line (``--key value`` or ``--key=value``, values read as YAML), not the recipe's."""
-    keys = {}
-    for i, arg in enumerate(argv):
-        if arg.startswith("--") and arg != "--config":
-            key, _, value = arg[2:].partition("=")
-            if not value:
-                value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "true"
-            try:
-                keys[key] = yaml.safe_load(value)  # "1" -> 1, "true" -> True, as in a recipe
-            except yaml.YAMLError:
-                keys[key] = value
-    return keys
 
 
 def _default(key: str):

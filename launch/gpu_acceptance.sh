@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # GPU acceptance, one command for the first GPU machine (no hub access needed): builds a random-weight model of
-# Qwen2.5-Math-1.5B's shape, trains recipes/qwen_math_aime.yaml for two generations on 1 GPU (accelerate launch
-# --config_file launch/zero3_1x4.yaml --num_processes 1: DeepSpeed ZeRO-3, vLLM colocated), runs
+# Qwen2.5-Math-1.5B's shape, trains recipes/qwen_math_aime.yaml for two generations of 512-token completions on 1 GPU
+# (DeepSpeed ZeRO-3 where it imports; vLLM colocated at vllm_gpu_memory_utilization 0.3 where a vLLM for this torch
+# imports, else transformers generation of 128 rows at once), checks GBPO's loss in bf16 against fp32, runs
 # benchmarks/gbpo_vs_grpo.py, and writes one JSON ($OUT/acceptance.json, default OUT=/tmp/gbpo_acceptance): peak GPU
-# memory, tokens/s, seconds per step, the vLLM importance-sampling ratio, the masked fraction, whether the vLLM
-# weights follow training, and the checks. Exits 1 when a check failed. The logic is benchmarks/gpu_acceptance.py
-# (its docstring says what is measured and checked).
+# memory against the memory plan, tokens/s, seconds per step, the vLLM importance-sampling ratio, the masked fraction,
+# whether the vLLM weights follow training, and the checks (the vLLM ones "not applicable" without vLLM; the verdict
+# names the mode). Sized for <= 8 minutes on one H100 (an estimate), with time limits on training (300 s) and the
+# benchmark (150 s). Exits 1 when a check failed. The logic is benchmarks/gpu_acceptance.py (its docstring says what is
+# measured and checked, and the time estimate).
 #
 #   bash launch/gpu_acceptance.sh              # GPU
+#   bash launch/gpu_acceptance.sh --no-vllm    # GPU, transformers generation (use_vllm false)
+#   bash launch/gpu_acceptance.sh --full       # GPU, the recipe's 3072-token completions and layout (longer)
 #   bash launch/gpu_acceptance.sh --preflight  # only the preflight table (below); exit 2 when something is missing
-#   bash launch/gpu_acceptance.sh --dry-run    # build the model, print the plan (commands, layout), train nothing
-#   bash launch/gpu_acceptance.sh --cpu        # tiny model, vLLM for CPU, no DeepSpeed: a few minutes (CI)
-#   MAX_COMPLETION_LENGTH=512 bash launch/gpu_acceptance.sh                # shorter training completions
-#   bash launch/gpu_acceptance.sh -- --vllm_gpu_memory_utilization 0.3    # more gbpo.train keys after --
-# Other environment variables: LEARNING_RATE, BENCH_STEPS, BENCH_MAX_COMPLETION_LENGTH, PYTHON (default python3).
+#   bash launch/gpu_acceptance.sh --dry-run    # build the model, print the plan (commands, layout, memory), train nothing
+#   bash launch/gpu_acceptance.sh --cpu        # tiny model, vLLM for CPU, no DeepSpeed (CI)
+#   bash launch/gpu_acceptance.sh --cpu --no-vllm  # tiny model, transformers generation, no DeepSpeed (CI)
+#   bash launch/gpu_acceptance.sh -- --vllm_gpu_memory_utilization 0.25   # more gbpo.train keys after --
+# Other environment variables: MAX_COMPLETION_LENGTH, LEARNING_RATE, BENCH_STEPS, BENCH_MAX_COMPLETION_LENGTH,
+# TRAIN_TIMEOUT, BENCH_TIMEOUT (seconds, 0 for none), PYTHON (default python3).
 #
 # Every mode starts with the preflight (benchmarks/preflight.py): one table of the GPU(s), Python, torch and its CUDA,
 # and whether each package the run needs imports, at which version; which vLLM matches this torch; the mode that would
