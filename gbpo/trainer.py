@@ -84,6 +84,11 @@ class GBPOTrainer(ExactResumeMixin, ModelCardMixin, StepMetricsMixin, RowPassesM
     against ``epsilon``/``epsilon_high``) and their state: ``r2vpo/lambda`` and ``r2vpo/ratio_variance``, or
     ``ppo_br/epsilon``, ``ppo_br/phi`` and ``ppo_br/psi`` (the values the step used).
 
+    TRL's options under GBPO's loss (gbpo/trl_options.py, docs/algorithm.md "GBPO with TRL's options"):
+    ``importance_sampling_level="sequence"`` (GBPO on GSPO's sequence ratio), ``multi_objective_aggregation=
+    "normalize_then_sum"``, ``entropy_coef`` and ``use_adaptive_entropy`` (TRL's controller), and TRL's
+    ``clip_ratio/*`` and ``entropy_coef`` metrics for every loss type.
+
     Benchmark evaluation during training (pass@k, maj@k every ``eval_steps``): add a
     `gbpo.evaluation.callback.BenchmarkEvalCallback` with ``trainer.add_callback``.
 
