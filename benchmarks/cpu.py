@@ -489,10 +489,11 @@ def summarize_run(metrics_path: Path, rows_per_step: int, num_iterations: int) -
 
 
 def precision_choice(log: str, mode: str) -> str:
-    """The precision a run trained in, from gbpo.train's dtype log line (``dtype auto: ... : float32. ...``)."""
-    match = re.search(r"dtype auto: .*?\): (float32|bfloat16)\.", log)
+    """The precision a run trained in, from gbpo.train's dtype log line (``dtype auto: ... Training in fp32 ...``;
+    the mixed mode generates in bf16 but trains in fp32)."""
+    match = re.search(r"dtype auto: .*? Training in (bf16 autocast|fp32) ", log)
     if match:
-        return "bf16" if match.group(1) == "bfloat16" else "fp32"
+        return "bf16" if match.group(1) == "bf16 autocast" else "fp32"
     return mode
 
 
