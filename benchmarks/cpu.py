@@ -9,7 +9,7 @@ precision, and peak memory against the 4 GB target.
 
 What is measured (every figure goes in the table and, with --output, in the JSON):
 
-1. CPU: lscpu's "Model name", the ``amx_bf16`` and ``avx512_bf16`` flags of /proc/cpuinfo, torch's thread count.
+1. CPU: /proc/cpuinfo's "model name" and its ``amx_bf16`` and ``avx512_bf16`` flags, torch's thread count.
 2. Matmul peak, fp32 and bf16: GFLOP/s (2 n^3 per call) of ``torch.matmul`` on n x n matrices (--matmul-size) with
    all of torch's threads: one untimed call, then timed calls (at most --matmul-reps, within a few seconds, at least 2),
    the fastest counting. Beside it, `gbpo.precision.probe_matmul_speed` as ``dtype: auto`` runs it (one core, 256 x 256)
@@ -92,27 +92,16 @@ def say(message: str) -> None:
 
 
 def cpu_info() -> dict:
-    """lscpu's "Model name" (else /proc/cpuinfo's "model name") and the bf16 flags of /proc/cpuinfo."""
-    name = None
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"}).stdout
-        name = next(
-            (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name:")), None
-        )
-    except FileNotFoundError:
-        pass
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    if name is None:
-        name = next(
-            (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?"
-        )
-    flags_line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
-    flags = set(flags_line.split(":", 1)[1].split()) if ":" in flags_line else set()
+    """The CPU model and the bf16 flags of /proc/cpuinfo, as every run's provenance records them
+    (`gbpo.provenance.cpu_info`), under this report's names."""
+    from gbpo.provenance import cpu_info as provenance_cpu
+
+    info = provenance_cpu()
     return {
-        "model_name": name,
-        "amx_bf16": "amx_bf16" in flags,
-        "avx512_bf16": "avx512_bf16" in flags,
-        "logical_cpus": os.cpu_count(),
+        "model_name": info["cpu_model"],
+        "amx_bf16": bool(info["amx_bf16"]),
+        "avx512_bf16": bool(info["avx512_bf16"]),
+        "logical_cpus": info["cpu_count"],
     }
 
 

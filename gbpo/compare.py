@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import shlex
 import shutil
 import subprocess
@@ -49,6 +48,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .checkpoints import is_complete_checkpoint
+from .run_metrics import metric_series, read_metrics
 from .study_report import study_sections, sweep_figure
 
 __all__ = ["CURVES", "load_settings", "main", "run_commands", "run_finished", "summarise_run", "write_report"]
@@ -191,21 +191,8 @@ def run_finished(run_dir: str | Path, max_steps: int | None) -> bool:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return False
-    closing = [e.get("step", 0) for e in _entries(Path(run_dir)) if "train_runtime" in e]
+    closing = [e.get("step", 0) for e in read_metrics(run_dir) if "train_runtime" in e]
     return bool(closing) and (max_steps is None or max(closing) >= max_steps)
-
-
-def _entries(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
-def _series(entries: Sequence[Mapping[str, Any]], keys: Sequence[str], loss: str) -> list[tuple[int, float]]:
-    for key in keys:
-        key = key.format(loss=loss)
-        points = [(e["step"], e[key]) for e in entries if isinstance(e.get(key), int | float) and "step" in e]
-        if points:
-            return [(s, float(v)) for s, v in points if math.isfinite(float(v))]
-    return []
 
 
 def summarise_run(run_dir: str | Path, loss_type: str) -> dict[str, float | None]:
@@ -219,16 +206,16 @@ def summarise_run(run_dir: str | Path, loss_type: str) -> dict[str, float | None
     reward is below ``COLLAPSE_SHARE`` of the first one (None: no collapse); ``final_<state>``: R2VPO's lambda /
     PPO-BR's eps_t; ``epsilon_min``/``epsilon_max``: the range PPO-BR's eps_t took over the run.
     """
-    entries = _entries(Path(run_dir))
-    label = [v for _, v in _series(entries, ("ttrl/label_accuracy",), loss_type)]
-    reward = _series(entries, ("reward",), loss_type)
+    entries = read_metrics(run_dir)
+    label = [v for _, v in metric_series(entries, ("ttrl/label_accuracy",), loss_type)]
+    reward = metric_series(entries, ("reward",), loss_type)
     ratio_keys = ("gbpo/ratio/max", "{loss}/ratio/max")
     summary: dict[str, float | None] = {
         "label_accuracy_final": label[-1] if label else None,
         "label_accuracy_best": max(label) if label else None,
-        "majority_ratio": (_series(entries, ("ttrl/majority_ratio",), loss_type) or [(0, None)])[-1][1],
-        "entropy_end": (_series(entries, ("entropy",), loss_type) or [(0, None)])[-1][1],
-        "ratio_max": max((v for _, v in _series(entries, ratio_keys, loss_type)), default=None),
+        "majority_ratio": (metric_series(entries, ("ttrl/majority_ratio",), loss_type) or [(0, None)])[-1][1],
+        "entropy_end": (metric_series(entries, ("entropy",), loss_type) or [(0, None)])[-1][1],
+        "ratio_max": max((v for _, v in metric_series(entries, ratio_keys, loss_type)), default=None),
         "collapse_step": None,
     }
     if reward and reward[0][1] > 0:
@@ -244,10 +231,10 @@ def summarise_run(run_dir: str | Path, loss_type: str) -> dict[str, float | None
         summary["eval_maj@k"] = last[f"eval/{bench}/maj@{ks[-1]}"] if ks else None
         summary["eval_pass@k"] = last.get(f"eval/{bench}/pass@{ks[-1]}") if ks and ks[-1] > 1 else None
     for key in ("r2vpo/lambda", "ppo_br/epsilon"):
-        series = _series(entries, (key,), loss_type)
+        series = metric_series(entries, (key,), loss_type)
         if series:
             summary["final_" + key.replace("/", "_")] = series[-1][1]
-    epsilons = [v for _, v in _series(entries, ("ppo_br/epsilon",), loss_type)]
+    epsilons = [v for _, v in metric_series(entries, ("ppo_br/epsilon",), loss_type)]
     if epsilons:
         summary["epsilon_min"], summary["epsilon_max"] = min(epsilons), max(epsilons)
     return summary
@@ -342,9 +329,9 @@ def write_report(settings: Mapping[str, Any], output_dir: str | Path, command: s
                     continue
                 summaries.append(summarise_run(run, loss))
                 finished[(group, method, seed)] = summaries[-1]
-                entries = _entries(run)
+                entries = read_metrics(run)
                 for stem, _, metric_keys in CURVES:
-                    curves[stem].setdefault(method, []).append(_series(entries, metric_keys, loss))
+                    curves[stem].setdefault(method, []).append(metric_series(entries, metric_keys, loss))
             done = [s for s in summaries if s is not None]
             cells = [
                 _cell([s.get(key) for s in done], scale, "-" if key == "collapse_step" else "n/a")

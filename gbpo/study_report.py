@@ -22,13 +22,13 @@ writes (every number from the runs' ``metrics.jsonl`` and ``run.json``; the stat
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .provenance import read_run_json
+from .run_metrics import metric_series, read_metrics
 from .study_stats import ALPHA, paired_difference, seed_summary
 
 __all__ = ["METRICS", "provenance_cell", "run_extras", "same_trajectories", "study_sections", "sweep_figure"]
@@ -36,10 +36,6 @@ __all__ = ["METRICS", "provenance_cell", "run_extras", "same_trajectories", "stu
 # (summary key, label) of the numbers compared over seeds; the summaries give fractions, the report percent.
 METRICS = (("eval_pass@1", "avg@k"), ("eval_maj@k", "maj@k"), ("eval_pass@k", "pass@k"))
 Summaries = Mapping[tuple[str, str, int], Mapping[str, Any]]
-
-
-def _entries(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def run_extras(run_dir: str | Path, groups_per_batch: int | None) -> dict[str, Any]:
@@ -56,15 +52,10 @@ def run_extras(run_dir: str | Path, groups_per_batch: int | None) -> dict[str, A
         correct majority label summed over the run's generation batches (None: not known), "groups": groups in
         all, "trajectory": [(loss, grad_norm) per step]}``.
     """
-    entries = _entries(Path(run_dir))
-
-    def values(key: str) -> list[float]:
-        return [float(e[key]) for e in entries if isinstance(e.get(key), int | float) and "step" in e]
-
+    entries = read_metrics(run_dir)
     outside, smallest, labels = (
-        values("gbpo/outside_bounds/region_mean"),
-        values("gbpo/ratio/min"),
-        values("ttrl/label_accuracy"),
+        [v for _, v in metric_series(entries, (key,))]
+        for key in ("gbpo/outside_bounds/region_mean", "gbpo/ratio/min", "ttrl/label_accuracy")
     )
     counts = None
     if groups_per_batch and labels:
@@ -150,7 +141,7 @@ def study_sections(
     """The report's study lines (module docstring) for the finished runs ``summaries`` ``{(group, method, seed):
     summary}``; ``plan(group)`` is `gbpo.compare.group_plan` (keys, methods, seeds per method)."""
     lines = ["## Statistics over seeds", ""]
-    train_h, eval_h, counted = _hours(out, plan, settings, summaries)
+    train_h, eval_h, counted = _hours(out, summaries)
     lines += [
         f"Time of the {counted} finished runs: {train_h:.1f} h of training and {eval_h:.1f} h of evaluation during "
         "training (from run.json; for runs without it, the sum of the steps' step_time, and the Trainer's "
@@ -219,7 +210,7 @@ def study_sections(
     return lines
 
 
-def _hours(out: Path, plan, settings, summaries: Summaries) -> tuple[float, float, int]:
+def _hours(out: Path, summaries: Summaries) -> tuple[float, float, int]:
     """Training and evaluation hours summed over the finished runs (see `study_sections`)."""
     train = evaluation = 0.0
     for group, method, seed in summaries:
@@ -229,7 +220,7 @@ def _hours(out: Path, plan, settings, summaries: Summaries) -> tuple[float, floa
             train += record["time"]["train_seconds"]
             evaluation += record["time"]["eval_seconds"]
             continue
-        entries = _entries(run_dir)
+        entries = read_metrics(run_dir)
         steps = sum(float(e.get("step_time", 0.0)) for e in entries if "loss" in e and "step" in e)
         runtime = max((float(e["train_runtime"]) for e in entries if "train_runtime" in e), default=steps)
         train += steps
