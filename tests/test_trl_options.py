@@ -217,6 +217,16 @@ def test_normalize_then_sum_advantages_by_hand_and_as_trls(tiny_model_dir, tmp_p
     torch.testing.assert_close(seen["gbpo"]["target_ratios"], torch.where(a > middle, 1.3, 0.7), rtol=0, atol=1e-5)
 
 
+def test_normalize_then_sum_gbpo_trains(tiny_model_dir, tmp_path):
+    trainer = run(GBPOTrainer, GBPOConfig, tiny_model_dir, tmp_path, reward=[digit_reward, char_code_reward],
+                  multi_objective_aggregation="normalize_then_sum", reward_weights=[1.0, 0.5])  # fmt: skip
+    logs = [e for e in trainer.state.log_history if "gbpo/target_ratio/mean" in e]
+    assert len(logs) == 2 and all(e["policy_loss"] > 0 for e in logs)  # both reward functions' sum carried a loss
+    initial, _ = load(tiny_model_dir)
+    before, after = params(initial), params(trainer.model)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
 # ---------------------------------------------------------------- 6. bad values fail at construction
 
 
@@ -242,10 +252,14 @@ def test_trl_loss_types_are_those_trls_loss_computes():
     assert named == set(TRL_LOSS_TYPES)
 
 
-def test_misspelt_loss_type_stops_gbpo_train_before_the_model_loads(tmp_path):
+@pytest.mark.parametrize(
+    ("key", "bad", "accepted"),
+    [("loss_type", "gbpoo", "'gbpo', 'r2vpo', 'ppo_br', 'grpo'"), ("scale_rewards", "grp", "'group', 'batch', 'none'")],
+)
+def test_a_misspelt_value_stops_gbpo_train_before_the_model_loads(tmp_path, key, bad, accepted):
     recipe = Path(__file__).resolve().parent.parent / "recipes" / "smollm2_cpu.yaml"
-    result = subprocess.run([sys.executable, "-m", "gbpo.train", str(recipe), "--loss_type", "gbpoo", "--output_dir",
+    result = subprocess.run([sys.executable, "-m", "gbpo.train", str(recipe), f"--{key}", bad, "--output_dir",
                              str(tmp_path)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 2
-    assert "loss_type='gbpoo' is not one of the accepted values: 'gbpo', 'r2vpo', 'ppo_br', 'grpo'" in result.stderr
+    assert f"{key}='{bad}' is not one of the accepted values: {accepted}" in result.stderr
     assert "Loading weights" not in result.stderr and not any(tmp_path.iterdir())
