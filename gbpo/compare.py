@@ -60,6 +60,7 @@ CURVES = (
     ("entropy", "policy entropy (nats/token)", ("entropy",)),
     ("ratio_max", "largest ratio in the step", ("gbpo/ratio/max", "{loss}/ratio/max")),
     ("ratio_min", "smallest ratio in the step", ("gbpo/ratio/min", "{loss}/ratio/min")),
+    ("outside_bounds", "loss tokens outside [1 - eps, 1 + eps_high]", ("gbpo/outside_bounds/region_mean",)),
     ("state", "lambda (R2VPO) / eps_t (PPO-BR)", ("r2vpo/lambda", "ppo_br/epsilon")),
 )
 # A run's reward has collapsed at the first generation step whose mean reward is below this share of the first one.

@@ -7,8 +7,8 @@ writes (every number from the runs' ``metrics.jsonl`` and ``run.json``; the stat
   after training; the mean over the run's steps of the fraction of loss tokens outside ``[1 - eps, 1 + eps_high]``
   (``gbpo/outside_bounds/region_mean``); the smallest ratio of any step; per run, how many of its generation groups
   had a correct majority label (TTRL's lock-in measure; from ``ttrl/label_accuracy`` x the groups of a generation
-  batch); the machines and commits its runs came from, flagged when they differ, "provenance not recorded" for runs
-  without ``run.json``;
+  batch); trained completions a minute (see `run_extras`); the machines and commits its runs came from, flagged when
+  they differ, "provenance not recorded" for runs without ``run.json``;
 * for each pair of methods in the settings' ``paired`` (e.g. ``[gbpo, grpo]``) and each group where both have runs:
   A minus B paired by seed, its bootstrap 95% interval, the exact two-sided sign-flip permutation p, and in words
   whether it is decided (p <= 0.05);
@@ -50,13 +50,24 @@ def run_extras(run_dir: str | Path, groups_per_batch: int | None) -> dict[str, A
         ``{"outside_bounds_mean": mean over steps of gbpo/outside_bounds/region_mean (None: not logged),
         "ratio_min": smallest gbpo/ratio/min of any step (None: not logged), "correct_majority": groups with a
         correct majority label summed over the run's generation batches (None: not known), "groups": groups in
-        all, "trajectory": [(loss, grad_norm) per step]}``.
+        all, "trajectory": [(loss, grad_norm) per step], "completions_per_minute": distinct completions that
+        entered the loss per minute of training (steps x the mean of ``rows/trained_per_step``, all processes, /
+        ``num_iterations``, over run.json's ``train_seconds``, which leaves out evaluation, model load and start-up;
+        None without run.json), as benchmarks/cpu.py counts them}``.
     """
     entries = read_metrics(run_dir)
     outside, smallest, labels = (
         [v for _, v in metric_series(entries, (key,))]
         for key in ("gbpo/outside_bounds/region_mean", "gbpo/ratio/min", "ttrl/label_accuracy")
     )
+    rows = [v for _, v in metric_series(entries, ("rows/trained_per_step",))]
+    record = read_run_json(run_dir) or {}
+    seconds = (record.get("time") or {}).get("train_seconds")
+    iterations = (record.get("config") or {}).get("num_iterations")
+    steps = max((int(e["step"]) for e in entries if "loss" in e and "step" in e), default=0)
+    per_minute = None
+    if rows and seconds and iterations and steps:
+        per_minute = steps * statistics.fmean(rows) / iterations / (seconds / 60)
     counts = None
     if groups_per_batch and labels:
         counts = round(sum(labels) * groups_per_batch)
@@ -66,6 +77,7 @@ def run_extras(run_dir: str | Path, groups_per_batch: int | None) -> dict[str, A
         "correct_majority": counts,
         "groups": len(labels) * groups_per_batch if groups_per_batch and labels else None,
         "trajectory": [(e.get("loss"), e.get("grad_norm")) for e in entries if "loss" in e and "step" in e],
+        "completions_per_minute": per_minute,
     }
 
 
@@ -152,6 +164,7 @@ def study_sections(
         "Per cell: mean ± seed standard deviation (every seed's value, in seed order), in percent after training. "
         "Outside bounds: the fraction of loss tokens outside [1 - eps, 1 + eps_high], averaged over the run's steps. "
         "Correct majorities: per run, the generation groups whose majority label was right, of all its groups. "
+        "Completions/min: distinct completions trained per minute of training (evaluation and start-up left out). "
         "The 95% intervals in the group tables below are evaluation sampling over problems, not seed spread.",
         "",
     ]
@@ -162,7 +175,7 @@ def study_sections(
         k = keys.get("eval_num_samples", "k")
         labels = [label.replace("k", str(k)) for _, label in METRICS]
         header = ["method", "n", *labels, "outside bounds", "smallest ratio", "correct majorities",
-                  "machines and commits"]  # fmt: skip
+                  "completions/min", "machines and commits"]  # fmt: skip
         lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
         trajectories: dict[str, dict[int, list]] = {}
         for method in [*methods, *shown_as]:
@@ -190,6 +203,7 @@ def study_sections(
                 f"{statistics.fmean(outside):.3f} ({', '.join(f'{v:.3f}' for v in outside)})" if outside else "n/a",
                 f"{_fmt(min(smallest))} ({', '.join(_fmt(v) for v in smallest)})" if smallest else "n/a",
                 majorities,
+                _speed_cell([e["completions_per_minute"] for e in extras]),
                 provenance_cell(dirs),
             ]
             lines.append(f"| {name} | {len(done)} | " + " | ".join(cells) + " |")
@@ -208,6 +222,14 @@ def study_sections(
             lines += [str(note).strip(), ""]
         _paired_table(settings, group, seeds, shown_as, summaries, lines, k)
     return lines
+
+
+def _speed_cell(values: Sequence[float | None]) -> str:
+    """Mean trained completions a minute and every run's, in seed order ("-" for a run without run.json)."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "n/a"
+    return f"{statistics.fmean(known):.1f} ({', '.join('-' if v is None else f'{v:.1f}' for v in values)})"
 
 
 def _hours(out: Path, summaries: Summaries) -> tuple[float, float, int]:

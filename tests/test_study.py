@@ -113,6 +113,15 @@ def test_run_extras_count_correct_majorities_and_the_ratio_region(tmp_path):
     # label accuracy 0.5 and 1.0 of 2 groups each: 1 + 2 correct majorities of 4 groups
     assert (e["correct_majority"], e["groups"]) == (3, 4)
     assert e["outside_bounds_mean"] == pytest.approx(0.1) and e["ratio_min"] == 0.02
+    assert e["completions_per_minute"] is None  # no run.json: no training time apart from evaluation
+    # 3 steps, 16 and 8 rows an optimizer step logged at the two generation steps (mean 12), 2 PPO epochs:
+    # 3 x 12 / 2 = 18 distinct completions in 90 s of training = 12 a minute
+    metrics = (run / "metrics.jsonl").read_text().splitlines()
+    metrics[0] = metrics[0][:-1] + ', "rows/trained_per_step": 16}'
+    metrics[2] = metrics[2][:-1] + ', "rows/trained_per_step": 8}'
+    (run / "metrics.jsonl").write_text("\n".join(metrics) + "\n")
+    (run / "run.json").write_text(json.dumps({"time": {"train_seconds": 90.0}, "config": {"num_iterations": 2}}))
+    assert run_extras(run, groups_per_batch=2)["completions_per_minute"] == pytest.approx(12.0)
     assert same_trajectories({"a": {0: [(1, 2)]}, "b": {0: [(1, 2)], 1: [(3, 4)]}, "c": {0: [(1, 3)]}}) == [["a", "b"]]
 
 
@@ -145,8 +154,9 @@ def test_report_statistics_paired_by_seed_and_shown_as(tmp_path, capsys):
     # no step_time logged: all of each run's 12.5 s train_runtime counts as evaluation (6 runs: 75 s = 0.02 h)
     assert "Time of the 6 finished runs: 0.0 h of training and 0.0 h of evaluation during training" in text
     # 2 groups a batch (4 rows / 2 generations), label accuracy 0.5 then 1.0 (gbpo) or 0.0 (grpo)
-    assert "| 3/4, 3/4, 3/4 | AMD EPYC (avx512_bf16, 2 threads): 3; commits aaaaaaa (3) |" in text
-    assert "| 1/4, 1/4, 1/4 | 3 provenance not recorded |" in text
+    # the fake runs log no rows/trained_per_step: no completions a minute
+    assert "| 3/4, 3/4, 3/4 | n/a | AMD EPYC (avx512_bf16, 2 threads): 3; commits aaaaaaa (3) |" in text
+    assert "| 1/4, 1/4, 1/4 | n/a | 3 provenance not recorded |" in text
     assert "| soft (= grpo, not run) | 3 |" in text and "It is GRPO here." in text
     assert "| gbpo - grpo | avg@4 | 3 (0, 1, 2) | +0.0 | [0.0, 0.0] | 1 | not decided |" in text
     assert "| soft - gbpo | maj@4 | 3 (0, 1, 2) | +0.0 |" in text
