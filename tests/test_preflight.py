@@ -240,3 +240,23 @@ def test_preflight_on_this_cpu_machine_prints_the_table_and_exits_2_before_any_m
     assert "CPU mode: transformers generation, use_vllm false (--no-vllm)" in cpu.stdout
     assert cpu.stdout.splitlines()[-1].split() == ["missing", "ok", "nothing"]
     assert not (tmp_path / "model").exists()
+
+
+def test_the_rehearsal_image_has_what_the_image_has_and_nothing_of_the_kit():
+    """launch/rehearse_gpu_image.sh builds the image from launch/gpu_image.txt, then adds only the kit: the two lists
+    must not share a package (else the rehearsal would not show that the kit is complete), and the image's versions
+    are the ones these tests fake (IMAGE_HAS) and within pyproject's ranges."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = (ROOT / "launch" / "gpu_image.txt").read_text().splitlines()
+    image = {
+        canonicalize_name(r.name): r for r in (Requirement(s.split("#")[0]) for s in lines if s.split("#")[0].strip())
+    }
+    kit = {canonicalize_name(name) for name in preflight.read_pins()}
+    assert not image.keys() & kit, image.keys() & kit
+    assert "torch" not in image and "vllm" not in image  # torch comes from TORCH_SPEC; vLLM is not on the image
+    requirements = preflight.read_requirements()
+    for name in ("transformers", "accelerate"):
+        [spec] = image[name].specifier
+        assert spec.version == IMAGE_HAS[name] and spec.version in Requirement(f"x{requirements[name]}").specifier
