@@ -60,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,17 +198,19 @@ def recipe_arguments(recipe: Path, model: str, extra: list[str]):
     return parsed
 
 
-def build_trainer(recipe: Path, model: str, precision: str, output_dir: str):
-    """A GBPOTrainer as `gbpo.train.main` builds it from the recipe (``STEP_KEYS[precision]`` on top), but with no
-    vLLM engine: ``training_args.use_vllm`` is off while it is built (as gbpo.train does when vLLM is missing) and set
-    back to the recipe's value afterwards, so the loss weighs tokens by the importance-sampling ratio as in a run."""
+def build_trainer(recipe: Path, model: str, precision: str, output_dir: str, extra_keys: Sequence[str] = ()):
+    """A GBPOTrainer as `gbpo.train.main` builds it from the recipe (``STEP_KEYS[precision]`` and ``extra_keys``, more
+    ``--key value`` pairs, on top), but with no vLLM engine: ``training_args.use_vllm`` is off while it is built (as
+    gbpo.train does when vLLM is missing) and set back to the recipe's value afterwards, so the loss weighs tokens by
+    the importance-sampling ratio as in a run."""
     from transformers import AutoTokenizer
 
     from gbpo.models import resolve_model
     from gbpo.train import build_reward_funcs, recipe_dataset
     from gbpo.trainer import GBPOTrainer
 
-    extra = [*STEP_KEYS[precision], "--output_dir", output_dir, "--save_strategy", "no", "--report_to", "none"]
+    extra = [*STEP_KEYS[precision], *extra_keys, "--output_dir", output_dir, "--save_strategy", "no"]
+    extra += ["--report_to", "none"]
     script_args, training_args, model_args = recipe_arguments(recipe, model, extra)
     model_path = resolve_model(model_args.model_name_or_path)
     training_args.model_init_kwargs = {

@@ -48,16 +48,25 @@ What it does, in OUT (default /tmp/gbpo_acceptance):
    ``--steps 3 --num-generations 32 --max-completion-length 256``, ``--full`` ``--steps 4 ... 1024`` (as
    launch/gpu_smoke.sh), CPU ``--tiny --steps 2 --num-generations 4 --max-completion-length 8``.
 6. Writes everything to OUT/acceptance.json, prints it with one PASS/FAIL/N/A line per check and the verdict, and
-   exits with status 1 when a check failed (0 when none failed). The training process's own record (log history,
-   timings) is OUT/train_record.json; gbpo.train's metrics are in OUT/train/metrics.jsonl.
+   exits with status 1 when a check failed (0 when none failed). Before that exit, and after the JSON is written (so
+   a kill at the machine's limit keeps the verdict), it runs benchmarks/precision.py on the same model and recipe
+   (1 prompt x the recipe's 32 completions of ``PRECISION_MAX_COMPLETION_LENGTH`` tokens, GPU 256, CPU 8; one AdamW
+   step at the recipe's lr; the ratio in fp32, bf16 autocast, bf16 weights, bf16 with an fp32 head and fp16 autocast
+   on the run's device; stopped at ``PRECISION_TIMEOUT`` s, GPU 90) and adds its figures to the JSON as
+   ``precision``: what one step at the recipe's lr does to the ratio in each precision, not a check. The training
+   process's own record (log history, timings) is OUT/train_record.json; gbpo.train's metrics are in
+   OUT/train/metrics.jsonl.
 
 The GPU default's time on one H100, estimated (not yet measured): preflight and the mode's package probes ~30 s;
 the model ~30 s; training ~2.5-3.5 min (start-up with DeepSpeed and, with vLLM, the engine's graph capture ~1-1.5
 min; 11 steps of 4 micro-batches of 16 trained rows x ~1,540 tokens, ~5-8 s each; two generations of 128 rows x 512
 tokens, ~20 s each with transformers, seconds with vLLM); the loss check ~30 s; the benchmark ~1.5 min (2 processes,
-3 steps of 32 x 256 tokens each). About 5-6.5 min. Training stops at 300 s and the benchmark at 150 s (SIGTERM to
-the process group, the launcher passes it on; SIGKILL 30 s later; ``TRAIN_TIMEOUT`` / ``BENCH_TIMEOUT``, 0 for
-none), so the command ends within ~9.5 min, inside the machine's 10-minute limit, with its JSON written either way.
+3 steps of 32 x 256 tokens each). About 5-6.5 min to the verdict, then ~1 min for the precision figures (model load,
+32 completions of 256 tokens, one step, 15 log-prob passes). Training stops at 300 s, the benchmark at 150 s and the
+precision figures at 90 s (SIGTERM to the process group, the launcher passes it on; SIGKILL 30 s later;
+``TRAIN_TIMEOUT`` / ``BENCH_TIMEOUT`` / ``PRECISION_TIMEOUT``, 0 for none), so the verdict is written within ~9.5 min,
+inside the machine's 10-minute limit, and the command ends within ~11.5 min at worst (a kill after 10 min loses only
+the precision figures).
 
 Reported (acceptance.json):
 
@@ -123,9 +132,9 @@ With transformers generation the five vLLM checks are "not applicable", not fail
 Environment variables (or the options of the same name): OUT, MAX_COMPLETION_LENGTH (training; default GPU 512,
 ``--full`` the recipe's 3072, CPU 8), LEARNING_RATE (default the recipe's, CPU 1e-3), BENCH_STEPS (GPU 3, ``--full``
 4, CPU 2), BENCH_MAX_COMPLETION_LENGTH (GPU 256, ``--full`` 1024, CPU 8), TRAIN_TIMEOUT and BENCH_TIMEOUT (seconds;
-GPU 300 and 150, otherwise none). The training, loss and benchmark processes get HF_HUB_OFFLINE,
-HF_DATASETS_OFFLINE, TRANSFORMERS_OFFLINE and VLLM_NO_USAGE_STATS set to 1 (unless set): everything they load is
-local.
+GPU 300 and 150, otherwise none), PRECISION_MAX_COMPLETION_LENGTH (GPU 256, CPU 8) and PRECISION_TIMEOUT (GPU 90).
+The training, loss, benchmark and precision processes get HF_HUB_OFFLINE, HF_DATASETS_OFFLINE, TRANSFORMERS_OFFLINE
+and VLLM_NO_USAGE_STATS set to 1 (unless set): everything they load is local.
 """
 
 from __future__ import annotations
@@ -149,6 +158,7 @@ RECIPE = ROOT / "recipes" / "qwen_math_aime.yaml"
 ZERO3_CONFIG = ROOT / "launch" / "zero3_1x4.yaml"
 BENCHMARK = ROOT / "benchmarks" / "gbpo_vs_grpo.py"
 LOSS_PRECISION = ROOT / "benchmarks" / "acceptance_loss.py"
+RATIO_PRECISION = ROOT / "benchmarks" / "precision.py"
 
 # gbpo.train keys this script sets; the extra arguments after `--` may not set them.
 DRIVER_KEYS = ("model_name_or_path", "max_steps", "report_to", "output_dir", "save_strategy")
@@ -163,6 +173,8 @@ DEFAULTS = {  # per mode; None: the recipe's value (no override); timeouts in se
         "bench_max_completion_length": 256,
         "train_timeout": 300,
         "bench_timeout": 150,
+        "precision_max_completion_length": 256,
+        "precision_timeout": 90,
     },
     "full": {  # --full: the recipe's completions and the old benchmark
         "max_completion_length": None,
@@ -171,6 +183,8 @@ DEFAULTS = {  # per mode; None: the recipe's value (no override); timeouts in se
         "bench_max_completion_length": 1024,
         "train_timeout": 0,
         "bench_timeout": 0,
+        "precision_max_completion_length": 256,
+        "precision_timeout": 0,
     },
     "cpu": {
         "max_completion_length": 8,
@@ -179,6 +193,8 @@ DEFAULTS = {  # per mode; None: the recipe's value (no override); timeouts in se
         "bench_max_completion_length": 8,
         "train_timeout": 0,
         "bench_timeout": 0,
+        "precision_max_completion_length": 8,
+        "precision_timeout": 0,
     },
 }
 BENCH_NUM_GENERATIONS = {"gpu": 32, "cpu": 4}
@@ -893,6 +909,18 @@ def make_parser() -> argparse.ArgumentParser:
         default=env("BENCH_TIMEOUT"),
         help="seconds, 0 none (env BENCH_TIMEOUT; GPU 150, else none)",
     )
+    parser.add_argument(
+        "--precision-max-completion-length",
+        type=int,
+        default=env("PRECISION_MAX_COMPLETION_LENGTH"),
+        help="benchmarks/precision.py's completions (env PRECISION_MAX_COMPLETION_LENGTH; GPU 256, CPU 8)",
+    )
+    parser.add_argument(
+        "--precision-timeout",
+        type=int,
+        default=env("PRECISION_TIMEOUT"),
+        help="seconds, 0 none (env PRECISION_TIMEOUT; GPU 90, else none)",
+    )
     return parser
 
 
@@ -939,7 +967,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model_dir, train_dir = out / "model", out / "train"
     record_path, bench_path, report_path = out / "train_record.json", out / "gbpo_vs_grpo.json", out / "acceptance.json"
-    loss_path = out / "loss_precision.json"
+    loss_path, precision_path = out / "loss_precision.json", out / "precision.json"
 
     run = run_mode(args.cpu, args.no_vllm, args.full)
     print(f"gpu_acceptance ({run['text']}): building the model in {model_dir}", flush=True)
@@ -958,6 +986,9 @@ def main(argv: list[str] | None = None) -> int:
     bench_command += ["--max-completion-length", str(args.bench_max_completion_length), "--output", str(bench_path)]
     loss_command = [sys.executable, str(LOSS_PRECISION), str(model_dir), str(loss_path)]
     loss_command += ["--device", "cpu" if args.cpu else "cuda"]
+    precision_command = [sys.executable, str(RATIO_PRECISION), "--recipe", str(RECIPE), "--model", str(model_dir)]
+    precision_command += ["--prompts", "1", "--max-completion-length", str(args.precision_max_completion_length)]
+    precision_command += ["--output", str(precision_path)]
     zero_stage = 3 if run["engine"] == "zero3" else 0
     gpu = nvidia_smi_gpu()
     memory_before = None if args.cpu else gpu_memory_now(gpu)
@@ -976,12 +1007,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train: {shlex.join(train_command)}")
     print(f"loss precision: {shlex.join(loss_command)}")
     print(f"benchmark: {shlex.join(bench_command)}")
+    print(f"precision: {shlex.join(precision_command)}")
     print(f"report: {report_path}", flush=True)
     if args.dry_run:
         print("dry run: nothing trained")
         return 0
 
-    for path in (record_path, bench_path, report_path, loss_path):  # nothing from an earlier run is read as this run's
+    # nothing from an earlier run is read as this run's
+    for path in (record_path, bench_path, report_path, loss_path, precision_path):
         path.unlink(missing_ok=True)
     shutil.rmtree(train_dir, ignore_errors=True)  # gbpo.train refuses an output_dir that holds a run
     env = child_env(args.cpu)
@@ -1066,7 +1099,20 @@ def main(argv: list[str] | None = None) -> int:
         label = {"pass": "PASS", "fail": "FAIL", NOT_APPLICABLE: "N/A "}[check["status"]]
         print(f"{label} {name}: {check['detail']}")
     outcome = "all checks passed" if passed else "FAILED"
-    print(f"gpu_acceptance: {outcome}. {report['verdict']}; report in {report_path}")
+    print(f"gpu_acceptance: {outcome}. {report['verdict']}; report in {report_path}", flush=True)
+
+    print("gpu_acceptance: the ratio in each precision next (benchmarks/precision.py; not a check)", flush=True)
+    start = time.perf_counter()
+    precision_returncode, precision_stopped = run_limited(precision_command, env, args.precision_timeout)
+    report["precision"] = {
+        "command": precision_command,
+        "returncode": precision_returncode,
+        "stopped_at_limit_seconds": args.precision_timeout if precision_stopped else None,
+        "wall_seconds": time.perf_counter() - start,
+        "results": json.loads(precision_path.read_text()) if precision_path.is_file() else None,
+    }
+    report_path.write_text(json.dumps(report, indent=2))
+    print(f"gpu_acceptance: {outcome}. {report['verdict']}; report (with precision) in {report_path}")
     return 0 if passed else 1
 
 

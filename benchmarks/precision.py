@@ -4,12 +4,16 @@ the rounding of the precision the log-probs are computed in (issue 36).
     python benchmarks/precision.py                       # the CPU default (SmolLM2-135M, recipes/smollm2_cpu.yaml)
     python benchmarks/precision.py --recipe recipes/qwen_math_aime.yaml --model DIR   # another recipe / model
     python benchmarks/precision.py --quick --model DIR   # tiny shapes: checks the script (CI)
+    python benchmarks/precision.py --recipe recipes/qwen_math_aime.yaml --model DIR --prompts 1 \
+        --max-completion-length 256    # on a GPU: what launch/gpu_acceptance.sh runs after its benchmark
 
-With the trainer's own parts, on this CPU:
+With the trainer's own parts, on the device the recipe trains on (the CPU with ``use_cpu: true`` or without a GPU,
+else the GPU; autocast on that device):
 
 1. A GBPOTrainer built from the recipe as `gbpo.train` builds it (benchmarks/cpu.py's ``build_trainer``: TRL's
    parser, the batch layout, fp32 weights and fp32 training), without a vLLM engine.
-2. A real generation batch: ``--prompts`` prompts of the recipe's data x ``num_generations`` completions, sampled by
+2. A real generation batch: ``--prompts`` prompts of the recipe's data x ``num_generations`` completions (of at most
+   ``--max-completion-length`` tokens, default the recipe's), sampled by
    the trainer's own ``_generate_and_score_completions`` (transformers generation at the recipe's temperature),
    with its rewards, GBPO advantages and target ratios.
 3. The trainer's optimizer step on that batch: its optimizer (``create_optimizer``: AdamW at the recipe's
@@ -29,8 +33,9 @@ With the trainer's own parts, on this CPU:
 Why it matters: bf16 keeps 8 bits of mantissa, so a weight w is rounded to steps of about ``2**-8 |w|``; an update of
 ``lr = 2e-6`` leaves most weights' bf16 value unchanged and flips a few by a whole step, so the policy the forward
 pass sees moves by several times the update in random directions (docs/algorithm.md, "Precision and the trust
-region"). The CPU model and its bf16 flags are printed with the table: bf16's arithmetic is the same on every CPU,
-only its speed differs, so the figures do not depend on the machine.
+region"). The CPU model and its bf16 flags (and the GPU, where one is used) are printed with the table: bf16's
+arithmetic is the same on every CPU, only its speed differs, so the figures do not depend on the machine (a GPU's
+bf16 and fp16 matmuls may round their accumulations differently).
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ def completion_logps(model, batch: dict, precision: str, fp32_head: torch.Tensor
     attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
     length = completion.size(1)
     cast = {"bf16 autocast": torch.bfloat16, "fp16 autocast": torch.float16}.get(precision)
-    context = torch.autocast("cpu", dtype=cast) if cast is not None else nullcontext()
+    context = torch.autocast(input_ids.device.type, dtype=cast) if cast is not None else nullcontext()
     with torch.no_grad(), context:
         hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
         head = fp32_head if precision == "bf16 + fp32 head" else model.get_output_embeddings().weight
@@ -95,8 +100,9 @@ def models_in(precision: str, model) -> object:
 def measure(args) -> dict:
     """Steps 1-4 of the module docstring; returns the JSON report."""
     torch.manual_seed(args.seed)
+    extra = [] if args.max_completion_length is None else ["--max_completion_length", str(args.max_completion_length)]
     with tempfile.TemporaryDirectory() as out:
-        trainer = build_trainer(Path(args.recipe), args.model, "fp32", out)
+        trainer = build_trainer(Path(args.recipe), args.model, "fp32", out, extra)
     trainer.use_vllm = False  # transformers generates: no engine was built; no sampler mismatch to correct
     model = trainer.model
     model.train()
@@ -122,6 +128,7 @@ def measure(args) -> dict:
     results = {
         "cpu": cpu_info(),
         "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else "cpu",
         "recipe": args.recipe,
         "model": args.model,
         "rows": len(rows),
@@ -162,7 +169,7 @@ def table(results: dict) -> str:
     cpu = results["cpu"]
     lines = [
         f"CPU: {cpu['model_name']} (avx512_bf16: {cpu['avx512_bf16']}, amx_bf16: {cpu['amx_bf16']}), "
-        f"{results['torch_threads']} torch threads",
+        f"{results['torch_threads']} torch threads; log-probs on {results.get('device', 'cpu')}",
         f"{results['recipe']} on {results['model']}: {results['rows']} completions, {results['loss_tokens']} loss "
         f"tokens; one AdamW step at lr {results['learning_rate']:g} (grad norm {results['grad_norm']:.3g} before "
         f"clipping at {results['max_grad_norm']:g}; {results['weights_moved']} weights moved); bounds "
@@ -188,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default="smollm2-135m", help="short id, directory or hub id (default smollm2-135m)")
     parser.add_argument("--prompts", type=int, default=None, help="prompts of the batch (default 2; --quick 1)")
     parser.add_argument("--learning-rate", type=float, default=None, help="default: the recipe's")
+    parser.add_argument("--max-completion-length", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma-separated, of {PRECISIONS}")
     parser.add_argument("--quick", action="store_true", help="one prompt (the model's size is --model's)")
     parser.add_argument("--seed", type=int, default=0)

@@ -7,7 +7,8 @@
 # memory against the memory plan, tokens/s, seconds per step, the vLLM importance-sampling ratio, the masked fraction,
 # whether the vLLM weights follow training, and the checks (the vLLM ones "not applicable" without vLLM; the verdict
 # names the mode). Sized for <= 8 minutes on one H100 (an estimate), with time limits on training (300 s) and the
-# benchmark (150 s). Exits 1 when a check failed. The logic is benchmarks/gpu_acceptance.py (its docstring says what is
+# benchmark (150 s). Then, the JSON written, it adds benchmarks/precision.py's figures (what one step at the recipe's
+# lr does to the ratio in fp32, bf16 and fp16 on this GPU; 90 s limit). Exits 1 when a check failed. The logic is benchmarks/gpu_acceptance.py (its docstring says what is
 # measured and checked, and the time estimate).
 #
 #   bash launch/gpu_acceptance.sh              # GPU
@@ -19,7 +20,8 @@
 #   bash launch/gpu_acceptance.sh --cpu --no-vllm  # tiny model, transformers generation, no DeepSpeed (CI)
 #   bash launch/gpu_acceptance.sh -- --vllm_gpu_memory_utilization 0.25   # more gbpo.train keys after --
 # Other environment variables: MAX_COMPLETION_LENGTH, LEARNING_RATE, BENCH_STEPS, BENCH_MAX_COMPLETION_LENGTH,
-# TRAIN_TIMEOUT, BENCH_TIMEOUT (seconds, 0 for none), PYTHON (default python3).
+# TRAIN_TIMEOUT, BENCH_TIMEOUT, PRECISION_TIMEOUT (seconds, 0 for none), PRECISION_MAX_COMPLETION_LENGTH, PYTHON
+# (default python3).
 #
 # Every mode starts with the preflight (benchmarks/preflight.py): one table of the GPU(s), Python, torch and its CUDA,
 # and whether each package the run needs imports, at which version; which vLLM matches this torch; the mode that would

@@ -153,6 +153,8 @@ def test_dry_run_builds_the_model_and_prints_the_plan_without_training(tmp_path)
     assert "acceptance_loss.py " in next(line for line in out.splitlines() if line.startswith("loss precision: "))
     bench = next(line for line in out.splitlines() if line.startswith("benchmark: "))
     assert "gbpo_vs_grpo.py --steps 3 --num-generations 32 --max-completion-length 256 --output " in bench
+    precision = next(line for line in out.splitlines() if line.startswith("precision: "))
+    assert f"precision.py --recipe {recipe} --model {model_dir} --prompts 1 --max-completion-length 256 " in precision
     assert "dry run: nothing trained" in out
     assert not (tmp_path / "train").exists() and not (tmp_path / "acceptance.json").exists()
 
@@ -383,3 +385,11 @@ def test_cpu_mode_without_vllm_runs_end_to_end_and_reports_the_vllm_checks_not_a
         "detail": "CPU mode: no GPU memory to measure or plan",
     }
     assert [r["kind"] for r in report["benchmark"]["results"]] == ["gbpo", "grpo"]
+    # after the verdict: benchmarks/precision.py on the same model, its figures added to the JSON (not a check)
+    precision = report["precision"]
+    assert precision["returncode"] == 0 and precision["stopped_at_limit_seconds"] is None
+    figures = precision["results"]["precisions"]
+    assert list(figures) == ["fp32", "bf16 autocast", "bf16 weights", "bf16 + fp32 head", "fp16 autocast"]
+    assert figures["fp32"]["no_update_max_abs_log_rho"] == 0.0  # same weights, same precision: ratio exactly 1
+    assert precision["results"]["rows"] == 32 and precision["results"]["device"] == "cpu"
+    assert "report (with precision) in " in result.stdout
