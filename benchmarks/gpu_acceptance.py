@@ -50,7 +50,7 @@ What it does, in OUT (default /tmp/gbpo_acceptance):
 6. Writes everything to OUT/acceptance.json, prints it with one PASS/FAIL/N/A line per check and the verdict, and
    exits with status 1 when a check failed (0 when none failed). Before that exit, and after the JSON is written (so
    a kill at the machine's limit keeps the verdict), it runs benchmarks/precision.py on the same model and recipe
-   (1 prompt x the recipe's 32 completions of ``PRECISION_MAX_COMPLETION_LENGTH`` tokens, GPU 256, CPU 8; one AdamW
+   (1 prompt x the recipe's 64 completions of ``PRECISION_MAX_COMPLETION_LENGTH`` tokens, GPU 256, CPU 8; one AdamW
    step at the recipe's lr; the ratio in fp32, bf16 autocast, bf16 weights, bf16 with an fp32 head and fp16 autocast
    on the run's device; stopped at ``PRECISION_TIMEOUT`` s, GPU 90) and adds its figures to the JSON as
    ``precision``: what one step at the recipe's lr does to the ratio in each precision, not a check. The training
@@ -62,7 +62,7 @@ the model ~30 s; training ~2.5-3.5 min (start-up with DeepSpeed and, with vLLM, 
 min; 11 steps of 4 micro-batches of 16 trained rows x ~1,540 tokens, ~5-8 s each; two generations of 128 rows x 512
 tokens, ~20 s each with transformers, seconds with vLLM); the loss check ~30 s; the benchmark ~1.5 min (2 processes,
 3 steps of 32 x 256 tokens each). About 5-6.5 min to the verdict, then ~1 min for the precision figures (model load,
-32 completions of 256 tokens, one step, 15 log-prob passes). Training stops at 300 s, the benchmark at 150 s and the
+64 completions of 256 tokens, one step, 15 log-prob passes). Training stops at 300 s, the benchmark at 150 s and the
 precision figures at 90 s (SIGTERM to the process group, the launcher passes it on; SIGKILL 30 s later;
 ``TRAIN_TIMEOUT`` / ``BENCH_TIMEOUT`` / ``PRECISION_TIMEOUT``, 0 for none), so the verdict is written within ~9.5 min,
 inside the machine's 10-minute limit, and the command ends within ~11.5 min at worst (a kill after 10 min loses only

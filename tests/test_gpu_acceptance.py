@@ -391,5 +391,5 @@ def test_cpu_mode_without_vllm_runs_end_to_end_and_reports_the_vllm_checks_not_a
     figures = precision["results"]["precisions"]
     assert list(figures) == ["fp32", "bf16 autocast", "bf16 weights", "bf16 + fp32 head", "fp16 autocast"]
     assert figures["fp32"]["no_update_max_abs_log_rho"] == 0.0  # same weights, same precision: ratio exactly 1
-    assert precision["results"]["rows"] == 32 and precision["results"]["device"] == "cpu"
+    assert precision["results"]["rows"] == 64 and precision["results"]["device"] == "cpu"
     assert "report (with precision) in " in result.stdout
